@@ -1,0 +1,59 @@
+# ebm_nb: two commands.  `make test` and `make reproduce [SCALE=quick|gpu|paper]`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SCALE  ?= quick
+PAPER  ?= all
+# torch/torchvision pins: the CUDA build runs on a CPU too. Override, e.g. `make test TORCH=` to keep yours.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: test reproduce lab export env data sync clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(if $(strip $(TORCH)),$(BIN)/python -m pip install -q $(TORCH))
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+env: $(VENV)/.installed data
+
+# Fashion-MNIST from Debian when we are root with apt; otherwise the loader explains the alternatives.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ ! -d data/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || \
+	     echo "could not install dataset-fashion-mnist; see data/README.md"; \
+	  else echo "Fashion-MNIST not found; see data/README.md for the two other ways to get it"; fi; \
+	fi
+
+# Notebooks are the source: exporting and cleaning must not change any file.
+sync: env
+	@find ebm_nb nbs -path nbs/_runs -prune -o -type f \( -name '*.py' -o -name '*.ipynb' \) -print0 | sort -z | xargs -0 sha1sum > $(VENV)/.sync_before
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	@find ebm_nb nbs -path nbs/_runs -prune -o -type f \( -name '*.py' -o -name '*.ipynb' \) -print0 | sort -z | xargs -0 sha1sum > $(VENV)/.sync_after
+	@diff $(VENV)/.sync_before $(VENV)/.sync_after >/dev/null || { echo "nbdev-export/nbdev-clean changed files: export, clean and commit them:"; diff $(VENV)/.sync_before $(VENV)/.sync_after; exit 1; }
+	@echo "notebooks and ebm_nb/ are in sync"
+
+test: sync
+	EBM_NB_QUIET=1 $(BIN)/python -m pytest -n 2 -q tests
+
+reproduce: env
+	$(BIN)/python -m ebm_nb.run --paper $(PAPER) --scale $(SCALE)
+
+export: env
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+
+lab: env
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf nbs/_runs .pytest_cache
