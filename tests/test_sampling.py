@@ -1,0 +1,208 @@
+"""Edge cases of ebm_nb.sampling: argument checks, seeded reproducibility, the differentiable last step,
+replay-buffer bookkeeping and state round trips, augmentations and the nearest-neighbour entropy."""
+import math
+import shutil
+
+import pytest
+import torch
+
+from ebm_nb.core import load_checkpoint, save_checkpoint
+from ebm_nb.nets import ConvEnergy, MLPEnergy
+from ebm_nb.sampling import (AUGMENTATIONS, ReplayBuffer, _pure_step, augment, langevin, langevin_step,
+                             nn_entropy)
+
+E = lambda x: 0.5 * x.pow(2).flatten(1).sum(1)
+noise_init = lambda n, generator=None: torch.rand(n, 1, 4, 4, generator=generator)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- Langevin: bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [-1, 2.0, True, None])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 0, got"):
+        langevin(E, torch.zeros(2, 2), steps, 0.1)
+
+
+@pytest.mark.parametrize("step_size", [0, -0.1, "0.1"])
+def test_bad_step_size(step_size):
+    with pytest.raises(ValueError, match="step_size must be a positive number"):
+        langevin(E, torch.zeros(2, 2), 3, step_size)
+    with pytest.raises(ValueError, match="step_size must be a positive number"):
+        langevin_step(E, torch.zeros(2, 2), step_size, 0.1)
+
+
+def test_bad_noise_clamp_clip_and_energy_shape():
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="noise must be a non-negative number, got -1"): langevin(E, x, 1, 0.1, noise=-1)
+    with pytest.raises(ValueError, match=r"clamp must be a pair \(lo, hi\) with lo < hi"): langevin(E, x, 1, 0.1, clamp=(1, 0))
+    with pytest.raises(ValueError, match="grad_clip must be a positive number"): langevin(E, x, 1, 0.1, grad_clip=0)
+    with pytest.raises(ValueError, match=r"one energy per sample, shape \(2,\), got \(\)"): langevin(lambda x: x.sum(), x, 1, 0.1)
+
+
+# --- Langevin: behaviour -------------------------------------------------------------------------------------
+
+def test_zero_steps_and_chain_shape():
+    x = torch.randn(5, 3)
+    assert torch.equal(langevin(E, x, 0, 0.1), x)
+    y, chain = langevin(E, x, 4, 0.1, return_chain=True)
+    assert chain.shape == (5, 5, 3) and chain.device.type == "cpu" and torch.equal(chain[-1], y)
+
+
+def test_seeded_chains_are_identical():
+    f = MLPEnergy(hidden=16, depth=2)
+    x = torch.randn(32, 2)
+    _, c1 = langevin(f, x, 10, 0.01, generator=gen(7), return_chain=True)
+    _, c2 = langevin(f, x, 10, 0.01, generator=gen(7), return_chain=True)
+    _, c3 = langevin(f, x, 10, 0.01, generator=gen(8), return_chain=True)
+    assert torch.equal(c1, c2) and not torch.equal(c1, c3)
+
+
+def test_input_untouched_and_no_param_grads():
+    f = ConvEnergy(size=8, width=4)
+    x = torch.rand(4, 1, 8, 8); x0 = x.clone()
+    with torch.no_grad():
+        y = langevin(f, x, 3, 0.01, clamp=(0, 1))
+    assert torch.equal(x, x0) and not x.requires_grad and not y.requires_grad
+    assert y.min() >= 0 and y.max() <= 1
+    assert all(p.grad is None for p in f.parameters())
+
+
+def test_noise_zero_is_gradient_descent_and_uses_no_randomness():
+    g = gen(0); state = g.get_state()
+    x = torch.tensor([[2.0, -1.0]])
+    assert torch.allclose(langevin(E, x, 3, 0.5, noise=0, generator=g), x * 0.5**3)
+    assert torch.equal(g.get_state(), state)
+
+
+def test_create_graph_gradient_reaches_energy_parameters():
+    "Improved CD's KL term: a loss on the last step's output, with the energy frozen, reaches theta through grad_x E."
+    torch.manual_seed(0)
+    f = ConvEnergy(size=8, width=4)
+    x = langevin(f, torch.rand(4, 1, 8, 8), 3, 0.01)
+    x_kl = langevin_step(f, x, 0.01, 0.001, create_graph=True, clamp=(0, 1))
+    assert x_kl.requires_grad
+    f.requires_grad_(False); loss = f(x_kl).mean(); f.requires_grad_(True)
+    loss.backward()
+    grads = [p.grad for p in f.trunk.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    # without create_graph the step is cut from the parameters
+    assert not langevin_step(f, x, 0.01, 0.001).requires_grad
+
+
+def test_create_graph_keeps_history_of_x():
+    "With create_graph and an x that requires grad (e.g. a generator output), the step stays differentiable in x."
+    z = torch.randn(3, 2, requires_grad=True)
+    y = langevin_step(E, 2 * z, 0.1, 0, create_graph=True)
+    y.sum().backward()
+    assert torch.allclose(z.grad, torch.full_like(z, 2 * 0.9))
+
+
+def test_pure_step_matches_eager():
+    "The step `compile=True` compiles (torch.func.grad) computes what the eager step (autograd.grad) computes."
+    f = MLPEnergy(hidden=16, depth=2)
+    x, eps = torch.randn(8, 2), torch.randn(8, 2)
+    kw = dict(grad_clip=0.5, clamp=(-1, 1))
+    assert torch.allclose(_pure_step(f, x, eps, 0.05, 0.0, **kw), langevin_step(f, x, 0.05, 0, **kw), atol=1e-6)
+    assert torch.allclose(_pure_step(f, x, eps, 0.05, 0.1) - _pure_step(f, x, eps, 0.05, 0.0), 0.1 * eps, atol=1e-6)
+    # compile=True off CUDA runs the eager chain
+    assert torch.equal(langevin(f, x, 3, 0.01, generator=gen(1), compile=True), langevin(f, x, 3, 0.01, generator=gen(1)))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compiled_pure_step_on_cpu():
+    f = MLPEnergy(hidden=16, depth=2)
+    x, eps = torch.randn(8, 2), torch.randn(8, 2)
+    step = torch.compile(_pure_step, fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(step(f, x, eps, 0.05, 0.1), _pure_step(f, x, eps, 0.05, 0.1), atol=1e-5)
+
+
+def test_spectral_norm_chain_under_parametrize_cached():
+    "The prose's advice: a spectral-norm energy can run a chain with the normalised weights computed once."
+    f = ConvEnergy(size=8, width=4, spectral_norm=True).eval()
+    x = torch.rand(4, 1, 8, 8)
+    a = langevin(f, x, 3, 0.01, generator=gen(0))
+    with torch.nn.utils.parametrize.cached():
+        b = langevin(f, x, 3, 0.01, generator=gen(0))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+# --- Replay buffer -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("capacity", [0, -5, 2.5])
+def test_bad_capacity(capacity):
+    with pytest.raises(ValueError, match="capacity must be an integer >= 1"): ReplayBuffer(capacity, noise_init)
+
+
+def test_bad_buffer_args():
+    with pytest.raises(ValueError, match=r"reinit_prob must be in \[0, 1\], got 1.5"): ReplayBuffer(10, noise_init, 1.5)
+    buf = ReplayBuffer(10, noise_init)
+    with pytest.raises(ValueError, match="Cannot sample n=11 distinct slots from a buffer with capacity 10"): buf.sample(11)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"): buf.sample(0)
+    with pytest.raises(ValueError, match="Cannot sample n=1 distinct slots from a buffer with 0 filled slots"):
+        buf.sample(1, filled_only=True)
+    buf.push(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"shape \(3, 4, 4\) do not fit a buffer of shape \(1, 4, 4\)"):
+        buf.push(torch.zeros(2, 3, 4, 4))
+
+
+def test_buffer_sample_update_push():
+    buf = ReplayBuffer(8, noise_init, reinit_prob=0.0)
+    x, idx = buf.sample(8, generator=gen(0))
+    assert sorted(idx.tolist()) == list(range(8)) and len(buf) == 0
+    buf.update(idx, torch.ones_like(x) * idx.view(-1, 1, 1, 1))
+    y, idy = buf.sample(8, generator=gen(1))
+    assert torch.equal(y[:, 0, 0, 0], idy.float())  # each slot returns what was written there
+    ring = ReplayBuffer(4, noise_init)
+    for v in range(6): ring.push(torch.full((1, 1, 4, 4), float(v)))
+    assert sorted(ring.data[:, 0, 0, 0].tolist()) == [2, 3, 4, 5] and ring.ptr == 2 and len(ring) == 4
+
+
+def test_buffer_reproducible_and_state_round_trip(tmp_path):
+    buf = ReplayBuffer(50, noise_init, reinit_prob=0.2)
+    buf.push(torch.rand(30, 1, 4, 4, generator=gen(0)))
+    save_checkpoint(tmp_path / "ck.pt", 1, buf=buf)
+    other = ReplayBuffer(50, noise_init, reinit_prob=0.2)
+    load_checkpoint(tmp_path / "ck.pt", buf=other)
+    assert torch.equal(other.data, buf.data) and torch.equal(other.filled, buf.filled) and other.ptr == buf.ptr == 30
+    a, ia = buf.sample(20, generator=gen(3))
+    b, ib = other.sample(20, generator=gen(3))
+    assert torch.equal(a, b) and torch.equal(ia, ib)
+    twin = ReplayBuffer(50, noise_init); twin.load_state_dict(buf.state_dict())
+    twin.push(torch.full((5, 1, 4, 4), 7.0))
+    assert not torch.equal(twin.data, buf.data)  # loading copies
+    empty = ReplayBuffer(50, noise_init); empty.load_state_dict(ReplayBuffer(50, noise_init).state_dict())
+    assert len(empty) == 0 and empty.data is None
+    with pytest.raises(ValueError, match="capacity 50 cannot be loaded into one of capacity 10; build it with capacity=50"):
+        ReplayBuffer(10, noise_init).load_state_dict(buf.state_dict())
+
+
+# --- Augmentations and entropy -------------------------------------------------------------------------------
+
+def test_augment_bad_input_and_properties():
+    with pytest.raises(ValueError, match=r"augment expects images \(N, C, H, W\), got shape \(4, 8, 8\)"):
+        augment(torch.rand(4, 8, 8))
+    with pytest.raises(ValueError, match="Unknown augmentation 'blur'"): augment(torch.rand(2, 1, 8, 8), ops=("blur",))
+    x = torch.rand(16, 1, 28, 28, requires_grad=True)
+    y = augment(x, generator=gen(0), ops=AUGMENTATIONS)  # 'gray' is a no-op on one channel
+    assert y.shape == x.shape and not y.requires_grad and 0 <= y.min() and y.max() <= 1
+    assert torch.equal(y, augment(x, generator=gen(0), ops=AUGMENTATIONS))
+    assert torch.equal(augment(x, ops=()), x.detach())
+    rgb = torch.rand(200, 3, 8, 8)
+    gray = augment(rgb, generator=gen(1), ops=("gray",))
+    frac = ((gray[:, 0] == gray[:, 1]) & (gray[:, 1] == gray[:, 2])).flatten(1).all(1).float().mean()
+    assert 0.1 < frac < 0.3
+
+
+def test_nn_entropy():
+    bank = torch.randn(64, 10, generator=gen(0))
+    x = torch.randn(8, 10, generator=gen(1), requires_grad=True)
+    h = nn_entropy(x, bank)
+    h.backward()
+    assert torch.isfinite(h) and x.grad.abs().sum() > 0
+    assert nn_entropy(2 * x, 2 * bank) > h
+    assert math.isclose(nn_entropy(x.view(8, 1, 2, 5), bank.view(64, 2, 5)).item(), h.item(), rel_tol=1e-6)
