@@ -58,7 +58,7 @@ def test_grid_arguments():
     with pytest.raises(ValueError, match="one value per point"): M.grid_log_density(lambda x: x, n=10)
     with pytest.raises(ValueError, match="non-finite energies"): M.grid_log_density(lambda x: x[:, 0] / 0.0, n=10)
     with pytest.raises(ValueError, match="2D points"): M.grid_nll(energy, np.zeros((3, 3)), n=10)
-    with pytest.raises(ValueError, match=r"1 of 2 points lie outside \[-4.0, 4.0\]"): M.grid_nll(energy, [[0.0, 0.0], [0.0, -4.5]], n=10)
+    with pytest.raises(ValueError, match=r"1 of 2 points lie outside \[-4.5, 4.5\]"): M.grid_nll(energy, [[0.0, 0.0], [0.0, -4.6]], n=10)
 
 
 def test_image_metrics_shapes():
