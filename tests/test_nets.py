@@ -14,9 +14,9 @@ def test_unsupported_size(cls, size):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(dim=0), "dim must be an integer >= 1, got 0"),
-    (dict(hidden=2.5), "hidden must be an integer >= 1, got 2.5"),
-    (dict(depth=True), "depth must be an integer >= 1, got True"),
+    (dict(dim=0), "dim must be a positive integer, got 0"),
+    (dict(hidden=2.5), "hidden must be a positive integer, got 2.5"),
+    (dict(depth=True), "depth must be a positive integer, got True"),
     (dict(act="gelu"), "Unknown act 'gelu'; valid values are: swish, elu, relu, lrelu"),
 ])
 def test_mlp_bad_args(kwargs, match):
@@ -24,10 +24,10 @@ def test_mlp_bad_args(kwargs, match):
 
 
 def test_conv_bad_args():
-    with pytest.raises(ValueError, match="width must be an integer >= 1, got 0"): ConvEnergy(width=0)
-    with pytest.raises(ValueError, match="in_ch must be an integer >= 1, got -1"): ConvEncoder(in_ch=-1)
-    with pytest.raises(ValueError, match="z_dim must be an integer >= 1, got 0"): ConvGenerator(z_dim=0)
-    with pytest.raises(ValueError, match="z_dim must be an integer >= 1, got 0"): ConvEncoder(z_dim=0)
+    with pytest.raises(ValueError, match="width must be a positive integer, got 0"): ConvEnergy(width=0)
+    with pytest.raises(ValueError, match="in_ch must be a positive integer, got -1"): ConvEncoder(in_ch=-1)
+    with pytest.raises(ValueError, match="z_dim must be a positive integer, got 0"): ConvGenerator(z_dim=0)
+    with pytest.raises(ValueError, match="z_dim must be a positive integer, got 0"): ConvEncoder(z_dim=0)
     with pytest.raises(ValueError, match="Unknown act 'tanh'"): ConvEnergy(act="tanh")
 
 

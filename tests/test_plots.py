@@ -32,7 +32,7 @@ def test_sample_grid_bad_shape(shape):
 
 @pytest.mark.parametrize("nrow", [0, -1, 2.5, True])
 def test_sample_grid_bad_nrow(nrow):
-    with pytest.raises(ValueError, match="nrow must be an integer >= 1"):
+    with pytest.raises(ValueError, match="nrow must be a positive integer"):
         sample_grid(torch.rand(4, 1, 4, 4), nrow=nrow)
 
 
@@ -51,7 +51,7 @@ def test_chain_strip_bad_list():
 
 def test_chain_strip_bad_every_and_energies():
     chain = torch.rand(5, 2, 1, 4, 4)
-    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="every must be a positive integer, got 0"):
         chain_strip(chain, every=0)
     with pytest.raises(ValueError, match=r"energies must have shape \(T, N\) = \(5, 2\).*got shape \(2, 5\)"):
         chain_strip(chain, energies=torch.rand(2, 5))
@@ -108,7 +108,7 @@ def test_ood_histograms_bad(scores, match):
 
 
 def test_panel_bad_n():
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
         panel(0)
 
 
