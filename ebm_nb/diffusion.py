@@ -357,7 +357,11 @@ class DDPM:
     def load_state_dict(self, sd: dict):
         self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["opt"]); self.gen.set_state(sd["gen"])
 
-# %% ../nbs/13_diffusion.ipynb #7f2b8b08
+# %% ../nbs/13_diffusion.ipynb #d3361c91
 for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=3000),
                     "gpu": dict(hidden=256, iters=10000, batch_size=1024), "paper": dict(hidden=256, iters=30000, batch_size=1024)}.items():
     register_preset("ddpm", _scale, "toy2d", DDPMConfig(**_kw))
+# images (SmallUNet base channels = hidden): CPU-sized below `gpu`; `paper` is the largest we would train ourselves
+for _scale, _kw in {"smoke": dict(hidden=8, iters=20, batch_size=32), "quick": dict(hidden=16, iters=1500, batch_size=64, lr=5e-4),
+                    "gpu": dict(hidden=64, iters=20000, batch_size=128, lr=2e-4), "paper": dict(hidden=128, iters=100000, batch_size=128, lr=2e-4)}.items():
+    for _data in ("fmnist", "cifar10"): register_preset("ddpm", _scale, _data, DDPMConfig(**_kw))

@@ -32,6 +32,10 @@ def parse(text):
 def build(src, dest):
     nb = nbformat.v4.new_notebook()
     nb.cells = parse(open(src).read())
+    try: old = {(c.cell_type, c.source): c.id for c in nbformat.read(dest, as_version=4).cells}
+    except FileNotFoundError: old = {}
+    for c in nb.cells:  # keep the ids of unchanged cells so diffs show only what changed
+        if (c.cell_type, c.source) in old: c.id = old.pop((c.cell_type, c.source))
     nb.metadata = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}
     nbformat.validate(nb)
     nbformat.write(nb, dest)
