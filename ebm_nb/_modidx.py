@@ -144,6 +144,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ebm_nb.gcd.GCD._energy': ('gcd.html#gcd._energy', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCD._in': ('gcd.html#gcd._in', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCD._out': ('gcd.html#gcd._out', 'ebm_nb/gcd.py'),
+                            'ebm_nb.gcd.GCD._step': ('gcd.html#gcd._step', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCD.energy': ('gcd.html#gcd.energy', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCD.load_state_dict': ('gcd.html#gcd.load_state_dict', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCD.sample': ('gcd.html#gcd.sample', 'ebm_nb/gcd.py'),

@@ -67,3 +67,27 @@ def test_resume_is_exact(tmp_path):
     resumed, _ = run(6, tmp_path / "b.pt")
     for a, b in zip(full.value_net.parameters(), resumed.value_net.parameters()): assert torch.equal(a, b)
     assert torch.equal(full.sampler.log_sigma, resumed.sampler.log_sigma) and torch.equal(full.s2, resumed.s2)
+
+
+def test_no_time_cost_and_energy_value_on_images():
+    t = torch.arange(10)
+    assert time_cost("zero", t, 10).eq(0).all()
+    from ebm_nb.diffusion import SmallUNet
+    cfg = get_preset("gcd", "smoke", "fmnist", T=3, time_cost="zero", fast=True)  # fast is ignored on a CPU
+    m = GCD(cfg, (1, 28, 28), sampler=ddpm_sampler(SmallUNet(1, 28, 8), (1, 28, 28), 3), device="cpu")
+    assert not m.fast
+    x = torch.rand(4, 1, 28, 28)
+    # the energy net (ConvEnergy) sees [0, 1] images whether called on data or on model-space states
+    assert torch.allclose(m.energy(x), m.value_net(x)) and torch.allclose(m.value(x * 2 - 1, 0), m.value_net(x))
+    logs = m.step(x)
+    assert all(math.isfinite(v) for v in logs.values())
+
+
+def test_image_and_anomaly_presets_follow_the_paper():
+    img = get_preset("gcd", "paper", "fmnist")
+    assert (img.T, img.tau1, img.tau2, img.value, img.time_cost, img.sampler_grad_clip) == (10, 0.1, 0.01, "energy", "sigmoid", 0.1)
+    assert (img.lr_sampler, img.lr_value, img.lr_sigma, img.batch_size) == (1e-7, 1e-5, 1e-5, 128)
+    for scale in ("smoke", "quick", "gpu", "paper"):
+        c = get_preset("gcd", scale, "fmnist")
+        assert c.lr_value > c.lr_sampler and math.isclose(c.lr_sigma, 100 * c.lr_sampler), scale  # DxMI App. B's two rules
+    assert get_preset("gcd", "quick", "fmnist_anomaly").tau1 == 0.1
