@@ -35,6 +35,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ebm_nb.core.git_commit': ('core.html#git_commit', 'ebm_nb/core.py'),
                              'ebm_nb.core.load_checkpoint': ('core.html#load_checkpoint', 'ebm_nb/core.py'),
                              'ebm_nb.core.markdown_table': ('core.html#markdown_table', 'ebm_nb/core.py'),
+                             'ebm_nb.core.parallel_map': ('core.html#parallel_map', 'ebm_nb/core.py'),
                              'ebm_nb.core.pick_device': ('core.html#pick_device', 'ebm_nb/core.py'),
                              'ebm_nb.core.progress': ('core.html#progress', 'ebm_nb/core.py'),
                              'ebm_nb.core.quiet': ('core.html#quiet', 'ebm_nb/core.py'),

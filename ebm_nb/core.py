@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'PRESETS', 'check_choice', 'check_positive', 'check_int', 'pick_device', 'seed_everything',
-           'quiet', 'progress', 'register_preset', 'get_preset', 'show_config', 'repo_root', 'data_dir', 'atomic_path',
-           'atomic_write_text', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'git_commit',
-           'versions', 'device_name', 'run_meta', 'markdown_table', 'write_results']
+           'quiet', 'progress', 'parallel_map', 'register_preset', 'get_preset', 'show_config', 'repo_root', 'data_dir',
+           'atomic_path', 'atomic_write_text', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
+           'git_commit', 'versions', 'device_name', 'run_meta', 'markdown_table', 'write_results']
 
 # %% ../nbs/00_core.ipynb #8668665f
 SCALES = ("smoke", "quick", "gpu", "paper")
@@ -66,6 +66,17 @@ def progress(iterable=None, **kwargs):
     "A `tqdm.auto` bar that respects `EBM_NB_QUIET`."
     kwargs["disable"] = kwargs.get("disable", False) or quiet()
     return tqdm(iterable, **kwargs)
+
+# %% ../nbs/00_core.ipynb #0a570003
+def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "runs") -> list:
+    "`list(map(fn, *iterables))` with a progress bar: in `workers` single-threaded processes on a CPU, in-process otherwise."
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+    jobs = list(zip(*iterables))
+    if pick_device(device).type != "cpu" or check_int("workers", workers) == 1 or len(jobs) < 2:
+        return [fn(*job) for job in progress(jobs, desc=desc)]
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc))
 
 # %% ../nbs/00_core.ipynb #16911f84
 PRESETS: dict = {}

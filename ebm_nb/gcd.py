@@ -251,7 +251,7 @@ def in_chunks(sample_fn, n: int, chunk: int = 500) -> Tensor:
     check_int("n", n)
     return torch.cat([sample_fn(min(chunk, n - i)) for i in range(0, n, chunk)])
 
-# %% ../nbs/14_gcd.ipynb #dc7c2028
+# %% ../nbs/14_gcd.ipynb #3e3a8560
 def image_ddpm(dataset: str, scale: str, data: Tensor | None = None, path=None, save_to=None, device="cpu", generator=None) -> DDPM:
     "The pretrained DDPM of the image table: loaded from checkpoint `path`, or trained on `data` (and saved to `save_to`)."
     from ebm_nb.core import load_checkpoint, save_checkpoint
@@ -275,7 +275,7 @@ def image_variant(name: str, T: int, eps_state: dict, dataset: str = "fmnist", s
     "Fine-tune the T-step sampler of a pretrained DDPM (weights `eps_state`) with DxMI ablation `name`; score it with and without value guidance."
     check_choice("ablation", name, tuple(IMAGE_ABLATIONS))
     x_train, x_ref = load_images(dataset, "train"), load_images(dataset, "test")[:n_ref]
-    shape, gen = tuple(x_train.shape[1:]), torch.Generator().manual_seed(seed)
+    shape, gen = tuple(x_train.shape[1:]), seed_everything(seed)  # nets too: a worker process may run several jobs
     ddpm = DDPM(get_preset("ddpm", scale, dataset), shape, device, gen)
     ddpm.net.load_state_dict(eps_state)
     cfg = get_preset("gcd", scale, dataset, T=T, **IMAGE_ABLATIONS[name])
@@ -288,7 +288,7 @@ def image_variant(name: str, T: int, eps_state: dict, dataset: str = "fmnist", s
         rows.append({"method": name, "T": T, "guidance": lam, "iters": cfg.iters, **image_scores(x, f_ref, feats, dataset)})
     return {"rows": rows, "samples": x[:n_show], "history": hist}
 
-# %% ../nbs/14_gcd.ipynb #79f2fedc
+# %% ../nbs/14_gcd.ipynb #db80a029
 def fmnist_vectors(x: Tensor) -> Tensor:
     "uint8 Fashion-MNIST images (N, 28, 28) -> 784-d vectors in [-1, 1]."
     return to_float(x).flatten(1) * 2 - 1
@@ -299,7 +299,7 @@ def anomaly_class(held_out: int, tau: float, scale: str = "quick", seed: int = 0
     check_positive("tau", tau, zero_ok=True)
     (x, y), (xt, yt) = load_fashion_mnist("train"), load_fashion_mnist("test")
     normal = fmnist_vectors(x[y != held_out][:n_train])
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_everything(seed)  # nets too: a worker process may run several jobs
     cfg = get_preset("gcd", scale, "fmnist_anomaly", tau1=tau, tau2=tau)
     m = GCD(cfg, (784,), device=device, generator=gen)
     train(m, normal, cfg.iters, cfg.batch_size, generator=gen, desc=f"without {FMNIST_CLASSES[held_out]}, tau={tau}")
