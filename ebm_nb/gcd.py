@@ -179,12 +179,13 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=12
                     "gpu": dict(hidden=128, iters=10000), "paper": dict(hidden=256, iters=20000)}.items():
     register_preset("gcd", _scale, "toy2d", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, **_kw))
 
-# %% ../nbs/14_gcd.ipynb #558927f8
+# %% ../nbs/14_gcd.ipynb #b6cffe8c
 _image = dict(T=10, value="energy", time_cost="sigmoid", sampler="ddpm", fix_last=True, tau1=0.1, tau2=0.01, sampler_grad_clip=0.1)
-for _scale, _kw in {"smoke": dict(hidden=8, iters=4, batch_size=16, lr_value=1e-4, lr_sampler=1e-5, lr_sigma=1e-3),
-                    "quick": dict(hidden=16, iters=100, batch_size=64, lr_value=1e-4, lr_sampler=1e-5, lr_sigma=1e-3),
-                    "gpu": dict(hidden=64, iters=5000, batch_size=128, lr_value=1e-5, lr_sampler=1e-6, lr_sigma=1e-4),
-                    "paper": dict(hidden=128, iters=78000, batch_size=128, lr_value=1e-5, lr_sampler=1e-7, lr_sigma=1e-5)}.items():
+_short, _released = dict(lr_value=1e-4, lr_sampler=1e-6, lr_sigma=1e-4), dict(lr_value=1e-5, lr_sampler=1e-7, lr_sigma=1e-5)
+for _scale, _kw in {"smoke": dict(hidden=8, iters=4, batch_size=16, **_short),
+                    "quick": dict(hidden=16, iters=100, batch_size=64, **_short),
+                    "gpu": dict(hidden=64, iters=5000, batch_size=128, **_released),
+                    "paper": dict(hidden=128, iters=78000, batch_size=128, **_released)}.items():
     for _data in ("fmnist", "cifar10"): register_preset("gcd", _scale, _data, GCDConfig(**_image, sampler_batch=_kw["batch_size"], **_kw))
 for _scale, _kw in {"smoke": dict(hidden=64, iters=30), "quick": dict(hidden=256, iters=600),
                     "gpu": dict(hidden=512, iters=5000), "paper": dict(hidden=512, iters=20000)}.items():
