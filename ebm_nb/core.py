@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 __all__ = ['SCALES', 'DEVICES', 'PRESETS', 'check_choice', 'check_positive', 'check_int', 'pick_device', 'seed_everything',
            'quiet', 'progress', 'parallel_map', 'register_preset', 'get_preset', 'show_config', 'repo_root', 'data_dir',
            'atomic_path', 'atomic_write_text', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'git_commit', 'versions', 'device_name', 'run_meta', 'markdown_table', 'write_results']
+           'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results',
+           'results_dir', 'show_table']
 
 # %% ../nbs/00_core.ipynb #8668665f
 SCALES = ("smoke", "quick", "gpu", "paper")
@@ -206,7 +207,13 @@ def run_meta(scale: str, dataset: str, device, seed: int, started: float | None 
             "wall_time_s": round(time.time() - started, 1) if started else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions(), **extra}
 
-# %% ../nbs/00_core.ipynb #cce6b979
+# %% ../nbs/00_core.ipynb #ea2ab690
+def check(claim: str, paper, ours, holds: bool, note: str = "") -> dict:
+    "One claim of a paper as data: what it says (`paper`), what we measured (`ours`), whether it `holds`, and why."
+    if not isinstance(claim, str) or not claim.strip(): raise ValueError(f"A check needs a claim sentence, got {claim!r}.")
+    if not isinstance(holds, (bool, np.bool_)): raise TypeError(f"holds must be True or False for {claim!r}, got {holds!r}.")
+    return {"claim": claim, "paper": _jsonable(paper), "ours": _jsonable(ours), "holds": bool(holds), "note": note}
+
 def _fmt(v):
     if isinstance(v, float): return "" if v != v else f"{v:.4g}"
     return "" if v is None else str(v)
@@ -223,16 +230,34 @@ def _jsonable(v):
     if isinstance(v, Path): return str(v)
     return v
 
-def write_results(path, rows, meta: dict, notes: str = "") -> dict:
-    "Write `rows` (list of dicts or DataFrame) and `meta` to `path` + `.json`, `.csv`, `.md`; return the paths."
+def write_results(path, rows, meta: dict, notes: str = "", checks: list[dict] | None = None) -> dict:
+    "Write `rows` (list of dicts or DataFrame), `meta` and the paper's `checks` to `path` + `.json`, `.csv`, `.md`."
     import pandas as pd
     rows = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else [dict(r) for r in rows]
     if not rows: raise ValueError(f"write_results got no rows for {path}; nothing to write.")
     rows = [{k: _jsonable(v) for k, v in r.items()} for r in rows]
     path = Path(path); stem = path.with_suffix("") if path.suffix in (".json", ".csv", ".md") else path
     paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("json", "csv", "md")}
+    if checks is not None: meta = {**meta, "checks": [check(**c) for c in checks]}
     atomic_write_text(paths["json"], json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
     buf = io.StringIO(); pd.DataFrame(rows).to_csv(buf, index=False); atomic_write_text(paths["csv"], buf.getvalue())
     head = ", ".join(f"{k}: {meta[k]}" for k in ("scale", "dataset", "device", "seed", "commit", "wall_time_s") if k in meta)
-    atomic_write_text(paths["md"], f"{head}\n\n{markdown_table(rows)}\n" + (f"\n{notes.strip()}\n" if notes else ""))
+    verdicts = "".join(f"\n- {'yes' if c['holds'] else 'NO'}: {c['claim']} (paper {_fmt(c['paper'])}, ours {_fmt(c['ours'])})"
+                       + (f"; {c['note']}" if c["note"] else "") for c in meta.get("checks", []))
+    atomic_write_text(paths["md"], f"{head}\n\n{markdown_table(rows)}\n" + (f"\nChecks against the paper:\n{verdicts}\n" if verdicts else "")
+                      + (f"\n{notes.strip()}\n" if notes else ""))
     return paths
+
+# %% ../nbs/00_core.ipynb #f0609bd9
+def results_dir(paper: str, scale: str, out_dir=None) -> Path:
+    "Folder a paper notebook writes to: `out_dir` if given, `figures/_smoke/<paper>` (ignored by git) at smoke, else `figures/<paper>`."
+    check_choice("scale", scale, SCALES)
+    if out_dir is not None: return Path(out_dir)
+    return repo_root() / "figures" / ("_smoke" if scale == "smoke" else "") / paper
+
+def show_table(rows, digits: int = 3, columns: list[str] | None = None):
+    "A rendered, rounded table of `rows` (list of dicts or DataFrame) for a notebook: a pandas `Styler` without the index."
+    import pandas as pd
+    df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
+    if columns is not None: df = df[[c for c in columns if c in df.columns]]
+    return df.style.format(precision=digits, na_rep="").hide(axis="index")
