@@ -8,7 +8,7 @@ import torch
 
 from ebm_nb.core import load_checkpoint, save_checkpoint
 from ebm_nb.nets import ConvEnergy, MLPEnergy
-from ebm_nb.sampling import (AUGMENTATIONS, ReplayBuffer, _pure_step, augment, langevin, langevin_step,
+from ebm_nb.sampling import (AUGMENTATIONS, ChainRecorder, ReplayBuffer, from_buffer, _pure_step, augment, langevin, langevin_step,
                              nn_entropy)
 
 E = lambda x: 0.5 * x.pow(2).flatten(1).sum(1)
@@ -48,17 +48,21 @@ def test_bad_noise_clamp_clip_and_energy_shape():
 def test_zero_steps_and_chain_shape():
     x = torch.randn(5, 3)
     assert torch.equal(langevin(E, x, 0, 0.1), x)
-    y, chain = langevin(E, x, 4, 0.1, return_chain=True)
-    assert chain.shape == (5, 5, 3) and chain.device.type == "cpu" and torch.equal(chain[-1], y)
+    rec = ChainRecorder()
+    y = langevin(E, x, 4, 0.1, callback=rec)
+    assert rec.states.shape == (5, 5, 3) and rec.steps == [0, 1, 2, 3, 4] and torch.equal(rec.states[-1], y)
+    rec2 = ChainRecorder(keep=2)
+    langevin(E, x, 7, 0.1, callback=rec2, every=3)
+    assert rec2.steps == [0, 3, 6, 7] and rec2.states.shape == (4, 2, 3) and rec2.energies.shape == (4, 2)
 
 
 def test_seeded_chains_are_identical():
     f = MLPEnergy(hidden=16, depth=2)
     x = torch.randn(32, 2)
-    _, c1 = langevin(f, x, 10, 0.01, generator=gen(7), return_chain=True)
-    _, c2 = langevin(f, x, 10, 0.01, generator=gen(7), return_chain=True)
-    _, c3 = langevin(f, x, 10, 0.01, generator=gen(8), return_chain=True)
-    assert torch.equal(c1, c2) and not torch.equal(c1, c3)
+    recs = [ChainRecorder() for _ in range(3)]
+    for r, s in zip(recs, (7, 7, 8)): langevin(f, x, 10, 0.01, generator=gen(s), callback=r)
+    c1, c2, c3 = (r.states for r in recs)
+    assert torch.equal(c1, c2) and not torch.equal(c1, c3) and torch.equal(recs[0].energies, recs[1].energies)
 
 
 def test_input_untouched_and_no_param_grads():
@@ -106,8 +110,9 @@ def test_pure_step_matches_eager():
     f = MLPEnergy(hidden=16, depth=2)
     x, eps = torch.randn(8, 2), torch.randn(8, 2)
     kw = dict(grad_clip=0.5, clamp=(-1, 1))
-    assert torch.allclose(_pure_step(f, x, eps, 0.05, 0.0, **kw), langevin_step(f, x, 0.05, 0, **kw), atol=1e-6)
-    assert torch.allclose(_pure_step(f, x, eps, 0.05, 0.1) - _pure_step(f, x, eps, 0.05, 0.0), 0.1 * eps, atol=1e-6)
+    y, e = _pure_step(f, x, eps, 0.05, 0.0, **kw)
+    assert torch.allclose(y, langevin_step(f, x, 0.05, 0, **kw), atol=1e-6) and torch.allclose(e, f(x), atol=1e-6)
+    assert torch.allclose(_pure_step(f, x, eps, 0.05, 0.1)[0] - _pure_step(f, x, eps, 0.05, 0.0)[0], 0.1 * eps, atol=1e-6)
     # compile=True off CUDA runs the eager chain
     assert torch.equal(langevin(f, x, 3, 0.01, generator=gen(1), compile=True), langevin(f, x, 3, 0.01, generator=gen(1)))
 
@@ -118,7 +123,7 @@ def test_compiled_pure_step_on_cpu():
     x, eps = torch.randn(8, 2), torch.randn(8, 2)
     step = torch.compile(_pure_step, fullgraph=True)
     with torch.no_grad():
-        assert torch.allclose(step(f, x, eps, 0.05, 0.1), _pure_step(f, x, eps, 0.05, 0.1), atol=1e-5)
+        assert torch.allclose(step(f, x, eps, 0.05, 0.1)[0], _pure_step(f, x, eps, 0.05, 0.1)[0], atol=1e-5)
 
 
 def test_spectral_norm_chain_under_parametrize_cached():
@@ -206,3 +211,20 @@ def test_nn_entropy():
     assert torch.isfinite(h) and x.grad.abs().sum() > 0
     assert nn_entropy(2 * x, 2 * bank) > h
     assert math.isclose(nn_entropy(x.view(8, 1, 2, 5), bank.view(64, 2, 5)).item(), h.item(), rel_tol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_buffer_chain_and_recorder_make_no_host_sync():
+    "The hot path of a persistent chain (buffer draw, Langevin, recording, write-back) never waits for the GPU."
+    dev = "cuda"
+    f = MLPEnergy(hidden=16, depth=2).to(dev)
+    buf = ReplayBuffer(256, lambda n, generator=None: torch.rand(n, 2, generator=generator, device=dev), device=dev)
+    g = torch.Generator(dev).manual_seed(0)
+    x, idx = from_buffer(buf, 64, g); buf.update(idx, langevin(f, x, 2, 0.01, generator=g))   # warm-up allocations
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rec = ChainRecorder()
+        x, idx = from_buffer(buf, 64, g, augment=lambda x, generator=None: x.flip(-1))
+        buf.update(idx, langevin(f, x, 5, 0.01, generator=g, callback=rec, every=2))
+    finally: torch.cuda.set_sync_debug_mode(0)
+    assert rec.states.is_cuda and buf.data.is_cuda and buf.filled.is_cuda
