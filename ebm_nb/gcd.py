@@ -67,7 +67,7 @@ def time_cost(kind: str, t: Tensor, T: int, c: float = 0.05) -> Tensor:
     t, h = t.float(), T // 2
     return torch.sigmoid(-t + h) - torch.sigmoid(-t - 1 + h)
 
-# %% ../nbs/14_gcd.ipynb #4e3c383a
+# %% ../nbs/14_gcd.ipynb #914d1eaa
 class GCD:
     "Generalized contrastive divergence / DxMI: an EBM and a T-step diffusion sampler trained jointly."
     def __init__(self, cfg: GCDConfig, shape: tuple, sampler: DiffusionSampler | None = None, energy_net: nn.Module | None = None,
@@ -135,7 +135,7 @@ class GCD:
                 target = self.value(xs[t + 1], t + 1) + cost
             loss_v = F.mse_loss(self.value(xs[t], t), target)
             self.opt_value.zero_grad(set_to_none=True); loss_v.backward()
-            self._clip_step(self.opt_value, self.value_net.parameters(), c.value_grad_clip); td += loss_v.item() / T
+            self._clip_step(self.opt_value, self.value_net.parameters(), c.value_grad_clip); td += loss_v.detach() / T
         # one reparameterised sampler step on transitions of the buffer
         x_t = torch.cat(xs[:-1]); t_idx = torch.arange(T, device=self.device).repeat_interleave(B)
         if c.sampler_batch is not None:
@@ -148,22 +148,18 @@ class GCD:
         for p in self.value_net.parameters(): p.requires_grad_(True)
         self.opt_sampler.zero_grad(set_to_none=True); loss_s.backward()
         self._clip_step(self.opt_sampler, self.sampler.parameters(), c.sampler_grad_clip)
-        return {"loss_energy": loss_e.item(), "energy_pos": e_pos.mean().item(), "energy_neg": e_neg.mean().item(),
-                "loss_td": td, "loss_sampler": loss_s.item(), "sigma_mean": self.sampler.sigma().mean().item()}
+        return {"loss_energy": loss_e.detach(), "energy_pos": e_pos.mean().detach(), "energy_neg": e_neg.mean().detach(),
+                "loss_td": td, "loss_sampler": loss_s.detach(), "sigma_mean": self.sampler.sigma().mean().detach()}
 
     def sample(self, n: int, guidance: float = 0.0) -> Tensor:
         "n samples x_T; `guidance` = lambda of value guidance x_{t+1} <- x_{t+1} - lambda sigma_t grad V(x_{t+1}) (paper: helps up to 0.5)."
         check_positive("guidance", guidance, zero_ok=True)
-        s, x = self.sampler, self.sampler.start(n, self.gen)
-        sig = s.sigma().detach()
-        for t in range(s.T):
-            with torch.no_grad():
-                x = s.mean(x, torch.full((n,), t, device=self.device)) + sig[t] * torch.randn(x.shape, generator=self.gen).to(self.device)
-            if guidance > 0:
-                x = x.detach().requires_grad_(True)
-                g, = torch.autograd.grad(self.value(x, t + 1).sum(), x)
-                x = (x - guidance * sig[t] * g).detach()
-        return self._out(x).cpu()
+        sig = self.sampler.sigma().detach()
+        def guide(x, t):
+            x = x.detach().requires_grad_(True)
+            g, = torch.autograd.grad(self.value(x, t + 1).sum(), x)
+            return x - guidance * sig[t] * g
+        return self._out(rollout(self.sampler, n, self.gen, guide if guidance > 0 else None)[-1]).cpu()
 
     def state_dict(self) -> dict:
         return {"value": self.value_net.state_dict(), "sampler": self.sampler.state_dict(), "opt_value": self.opt_value.state_dict(),
