@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 __all__ = ['SCALES', 'DEVICES', 'PRESETS', 'check_choice', 'check_positive', 'check_int', 'pick_device', 'seed_everything',
            'quiet', 'progress', 'parallel_map', 'register_preset', 'get_preset', 'show_config', 'repo_root', 'data_dir',
            'atomic_path', 'atomic_write_text', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint',
-           'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results',
-           'results_dir', 'show_table']
+           'to_pm1', 'to_01', 'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table',
+           'write_results', 'results_dir', 'show_table']
 
 # %% ../nbs/00_core.ipynb #8668665f
 SCALES = ("smoke", "quick", "gpu", "paper")
@@ -177,6 +177,15 @@ def load_checkpoint(path, restore_rng: bool = True, map_location="cpu", **object
         else: obj.load_state_dict(st)
     if restore_rng: set_rng_state(ckpt["rng"])
     return ckpt
+
+# %% ../nbs/00_core.ipynb #97d6c17d
+def to_pm1(x: torch.Tensor) -> torch.Tensor:
+    "Images in [0, 1] -> [-1, 1]."
+    return x * 2 - 1
+
+def to_01(x: torch.Tensor) -> torch.Tensor:
+    "Images in [-1, 1] -> [0, 1], clamped (samplers may overshoot)."
+    return ((x + 1) / 2).clamp(0, 1)
 
 # %% ../nbs/00_core.ipynb #0d1bf65e
 def git_commit(root=None) -> str:

@@ -20,7 +20,8 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'grid_centres', 'grid_log_density',
            'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim', 'features_with', 'frechet_distance_with',
            'FMNISTClassifier', 'fmnist_classifier_path', 'file_sha256', 'load_fmnist_classifier', 'fmnist_features',
-           'fd_fmnist', 'kid_fmnist', 'inception_weights_path', 'inception_feature_fn', 'inception_fid']
+           'fd_fmnist', 'kid_fmnist', 'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'toy_eval',
+           'FeatureStats', 'feature_stats', 'image_eval']
 
 # %% ../nbs/04_metrics.ipynb #cdac9861
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -371,3 +372,70 @@ def inception_fid(x_gen, x_ref, batch_size: int = 100, device=None) -> dict:
     for name, x in (("x_gen", x_gen), ("x_ref", x_ref)):
         if x.shape[1] not in (1, 3): raise ValueError(f"{name} has {x.shape[1]} channels; Inception FID takes grey (1) or RGB (3) images.")
     return frechet_distance_with(inception_feature_fn(device), x_gen, x_ref, batch_size, key="fid")
+
+# %% ../nbs/04_metrics.ipynb #9f4c7f3a
+def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed: int = 0,
+             auc_box: float | None = TOY_BOUND, nll: bool = False) -> dict:
+    "SW2 (mean, std over samplings), its data floor, and given an energy the data-vs-uniform AUC and grid NLL."
+    from ebm_nb.data import MIXTURE_TOYS, sample_toy, toy_log_density
+    check_int("n", n, 2); check_int("n_samplings", n_samplings)
+    if torch.is_tensor(sample_fn) and n_samplings != 1:
+        raise ValueError(f"Given fixed samples instead of a sample_fn, n_samplings must be 1, got {n_samplings}.")
+    draw = (lambda k: sample_fn) if torch.is_tensor(sample_fn) else sample_fn
+    g = torch.Generator().manual_seed(seed + 1)
+    test = sample_toy(toy, n, generator=g)
+    uniform = None if auc_box is None else (torch.rand(n, 2, generator=g) * 2 - 1) * check_positive("auc_box", auc_box)
+    other = sample_toy(toy, n, generator=g)
+    sws = torch.tensor([sliced_w2(draw(n), test, seed=i) for i in range(n_samplings)])
+    out = {"sw": sws.mean().item(), "sw_std": sws.std().item() if n_samplings > 1 else 0.0,
+           "sw_floor": sliced_w2(other, test), "n_eval": n, "n_samplings": n_samplings}
+    if energy_fn is not None and uniform is not None:
+        with torch.no_grad(): out["auc"] = energy_auroc(energy_fn(test), energy_fn(uniform))
+        out["auc_box"] = auc_box
+    if energy_fn is not None and nll:
+        out["nll_grid"] = grid_nll(energy_fn, test)
+        out["nll_true"] = -toy_log_density(toy, test).mean().item() if toy in MIXTURE_TOYS else None
+    return out
+
+# %% ../nbs/04_metrics.ipynb #a90f2149
+class FeatureStats:
+    "Streaming float64 sums of features (N, d): mean and covariance of everything seen, the first `keep` rows for KID."
+    def __init__(self, keep: int = 10_000):
+        self.keep, self.n, self.s, self.ss, self.kept = check_int("keep", keep, 0), 0, None, None, []
+
+    def update(self, f) -> "FeatureStats":
+        f = np.asarray(f, np.float64).reshape(len(f), -1)
+        if self.s is None: self.s, self.ss = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        self.n += len(f); self.s += f.sum(0); self.ss += f.T @ f
+        room = self.keep - sum(len(k) for k in self.kept)
+        if room > 0: self.kept.append(f[:room])
+        return self
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < 2: raise ValueError(f"FeatureStats needs at least 2 feature vectors, has {self.n}.")
+        mu = self.s / self.n
+        return mu, (self.ss - self.n * np.outer(mu, mu)) / (self.n - 1)
+
+    @property
+    def features(self) -> np.ndarray: return np.concatenate(self.kept)
+
+def feature_stats(feature_fn, x, chunk: int = 500, keep: int = 10_000) -> FeatureStats:
+    "`FeatureStats` of `feature_fn` over the images `x` (N, C, H, W), `chunk` at a time."
+    st = FeatureStats(keep)
+    for i in range(0, len(x), check_int("chunk", chunk)): st.update(features_with(feature_fn, x[i:i + chunk], chunk))
+    return st
+
+def image_eval(sample_fn, n: int, ref, feature_fn, key: str = "fd", chunk: int = 500, kid_subset: int = 1000,
+               kid_keep: int = 10_000, chunk_fn=None) -> dict:
+    "{key: FD, 'kid', 'kid_std', 'n_eval', 'n_ref'} of `n` samples of `sample_fn(k)` against `ref` (images or FeatureStats)."
+    check_int("n", n, 2); check_int("chunk", chunk)
+    ref = ref if isinstance(ref, FeatureStats) else feature_stats(feature_fn, ref, chunk, kid_keep)
+    gen = FeatureStats(kid_keep)
+    for i in range(0, n, chunk):
+        x = sample_fn(min(chunk, n - i))
+        if chunk_fn is not None: chunk_fn(i, x)
+        gen.update(features_with(feature_fn, x, chunk))
+    fd = frechet_distance(*gen.mean_cov(), *ref.mean_cov())
+    f, fr = gen.features, ref.features
+    k, k_std = kid(f, fr, subset_size=min(kid_subset, len(f), len(fr)))
+    return {key: fd, "kid": k, "kid_std": k_std, "n_eval": gen.n, "n_ref": ref.n}
