@@ -224,6 +224,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ebm_nb.nets.MLPEnergy': ('nets.html#mlpenergy', 'ebm_nb/nets.py'),
                              'ebm_nb.nets.MLPEnergy.__init__': ('nets.html#mlpenergy.__init__', 'ebm_nb/nets.py'),
                              'ebm_nb.nets.MLPEnergy.forward': ('nets.html#mlpenergy.forward', 'ebm_nb/nets.py'),
+                             'ebm_nb.nets._check_input': ('nets.html#_check_input', 'ebm_nb/nets.py'),
                              'ebm_nb.nets._gn': ('nets.html#_gn', 'ebm_nb/nets.py'),
                              'ebm_nb.nets._sn': ('nets.html#_sn', 'ebm_nb/nets.py'),
                              'ebm_nb.nets._trunk': ('nets.html#_trunk', 'ebm_nb/nets.py'),
