@@ -58,6 +58,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'ebm_nb.data': { 'ebm_nb.data._checkerboard': ('data.html#_checkerboard', 'ebm_nb/data.py'),
                              'ebm_nb.data._digits_raw': ('data.html#_digits_raw', 'ebm_nb/data.py'),
                              'ebm_nb.data._find_split': ('data.html#_find_split', 'ebm_nb/data.py'),
+                             'ebm_nb.data._fmnist_fix': ('data.html#_fmnist_fix', 'ebm_nb/data.py'),
                              'ebm_nb.data._k': ('data.html#_k', 'ebm_nb/data.py'),
                              'ebm_nb.data._load_pair': ('data.html#_load_pair', 'ebm_nb/data.py'),
                              'ebm_nb.data._moons': ('data.html#_moons', 'ebm_nb/data.py'),
