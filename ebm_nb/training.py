@@ -323,7 +323,7 @@ def _resume(path, method, gen, ema) -> tuple[int, list, list]:
     if is_main() and not quiet(): print(f"resuming from {path} at iteration {ck['iteration'] + 1}")
     return ck["iteration"], list(ck["extra"].get("history", [])), list(ck["extra"].get("pending", []))
 
-# %% ../nbs/06_training.ipynb #30887034
+# %% ../nbs/06_training.ipynb #a50b39a5
 def train(method, data: Tensor | tuple[Tensor, ...], iters: int, batch_size: int, *, generator: torch.Generator | None = None,
           ckpt_path=None, ckpt_every: int | None = None, resume: bool = True, log_every: int = 10,
           energy_bound: float | None = 1e4, ema: dict[str, EMA] | None = None,
@@ -345,7 +345,9 @@ def train(method, data: Tensor | tuple[Tensor, ...], iters: int, batch_size: int
         logs = _values(method.step(next(stream)), method)
         if world == 1:  # floats cost nothing to check now; tensors wait for the next check (on all ranks together under DDP)
             bad = check_logs({k: v for k, v in logs.items() if not isinstance(v, Tensor)}, energy_bound)
-            if bad: raise TrainingDiverged(it, bad, *(last or (None, None)), energy_bound)
+            if bad:  # name the window's first bad iteration, which may be an earlier one with a bad tensor
+                _guard(_to_host(pending + [logs]), it, last, energy_bound)
+                raise TrainingDiverged(it, bad, *(last or (None, None)), energy_bound)
         if world > 1: _sync_buffers(method)
         for e in ema.values(): e.update()
         pending.append(logs)

@@ -349,3 +349,13 @@ def test_progress_postfix_shows_at_most_three_short_values(monkeypatch):
     assert all(len(v) <= 10 for p in bar.postfixes for v in p.values())
     train(GaussianCD(), DATA, 2, 16, log_every=2)
     assert list(bars[-1].postfixes[-1]) == ["loss", "e_pos", "e_neg"]
+
+
+def test_a_bad_float_after_a_bad_tensor_names_the_tensor_iteration():
+    class Mixed(GaussianCD):
+        def step(self, batch):
+            logs = super().step(batch)
+            return {"loss": torch.tensor(float("nan") if self.steps == 2 else logs["loss"]),
+                    "e_pos": float("inf") if self.steps == 3 else logs["e_pos"]}
+    with pytest.raises(TrainingDiverged, match=r"iteration 2: loss=nan"):
+        train(Mixed(), DATA, 10, 16, log_every=10)
