@@ -13,7 +13,7 @@ from .core import check_choice, check_int
 # %% auto #0
 __all__ = ['ACTS', 'IMAGE_SIZES', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator', 'ConvEncoder']
 
-# %% ../nbs/02_nets.ipynb #5b0478bc
+# %% ../nbs/02_nets.ipynb #c91e0109
 ACTS = {"swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2)}
 IMAGE_SIZES = (8, 16, 28, 32)
 
@@ -25,7 +25,13 @@ def n_params(module: nn.Module) -> int:
     "Number of parameters of `module`."
     return sum(p.numel() for p in module.parameters())
 
-# %% ../nbs/02_nets.ipynb #6fec46ed
+def _check_input(net: str, name: str, x: torch.Tensor, trailing: tuple[int, ...]) -> None:
+    "Raise a `ValueError` unless `x` has shape `(N, *trailing)`: compares shapes only, so it never syncs with a GPU."
+    if x.ndim != len(trailing) + 1 or tuple(x.shape[1:]) != trailing:
+        raise ValueError(f"{net} needs {name} of shape (N, {', '.join(map(str, trailing))}), got {tuple(x.shape)}; "
+                         "add the missing batch or channel dimension, or build the net for this shape.")
+
+# %% ../nbs/02_nets.ipynb #5b5bff15
 class MLPEnergy(nn.Module):
     "MLP energy: (N, dim) -> (N,)."
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, act: str = "swish", spectral_norm: bool = False):
@@ -35,10 +41,15 @@ class MLPEnergy(nn.Module):
         layers, d = [], dim
         for _ in range(depth): layers += [_sn(nn.Linear(d, hidden), spectral_norm), ACTS[act]()]; d = hidden
         self.net = nn.Sequential(*layers, _sn(nn.Linear(d, 1), spectral_norm))
+        self.dim = dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.net(x.flatten(1)).squeeze(-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
+            raise ValueError(f"MLPEnergy(dim={self.dim}) needs x of shape (N, {self.dim}) (or (N, ...) with {self.dim} "
+                             f"features per sample), got {tuple(x.shape)}; flatten or pick dim to match.")
+        return self.net(x.flatten(1)).squeeze(-1)
 
-# %% ../nbs/02_nets.ipynb #b4ae7689
+# %% ../nbs/02_nets.ipynb #b814e357
 def _trunk(in_ch: int, size: int, width: int, act: str, spectral_norm: bool) -> tuple[nn.Sequential, int, int]:
     "Strided conv trunk; returns (module, out_channels, out_size)."
     check_choice("size", size, IMAGE_SIZES, hint="Resize or pad the images to one of these sizes.")
@@ -56,12 +67,14 @@ class ConvEnergy(nn.Module):
         super().__init__()
         self.trunk, c, _ = _trunk(in_ch, size, width, act, spectral_norm)
         self.head = _sn(nn.Linear(c, 1), spectral_norm)
+        self.in_ch, self.size = in_ch, size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(f"ConvEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
         h = self.trunk(2 * x - 1)
         return self.head(h.sum((2, 3))).squeeze(-1)
 
-# %% ../nbs/02_nets.ipynb #d7ec8257
+# %% ../nbs/02_nets.ipynb #4a4c7714
 def _gn(c: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(8, c), c)
 
 class ConvGenerator(nn.Module):
@@ -73,7 +86,7 @@ class ConvGenerator(nn.Module):
         s0 = 7 if size == 28 else 4
         n_up = int(math.log2(size // s0))
         c = width * 2**n_up
-        self.c0, self.s0 = c, s0
+        self.c0, self.s0, self.z_dim = c, s0, z_dim
         self.fc = nn.Sequential(nn.Linear(z_dim, c * s0 * s0))
         layers = [_gn(c), nn.SiLU()]
         for _ in range(n_up):
@@ -82,9 +95,10 @@ class ConvGenerator(nn.Module):
         self.body = nn.Sequential(*layers, nn.Conv2d(c, out_ch, 3, 1, 1), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_input(f"ConvGenerator(z_dim={self.z_dim})", "z", z, (self.z_dim,))
         return self.body(self.fc(z).view(len(z), self.c0, self.s0, self.s0))
 
-# %% ../nbs/02_nets.ipynb #92fd5914
+# %% ../nbs/02_nets.ipynb #c37861c7
 class ConvEncoder(nn.Module):
     "Gaussian encoder: images (N, in_ch, size, size) in [0,1] -> (mu, logvar), each (N, z_dim)."
     def __init__(self, in_ch: int = 1, size: int = 28, z_dim: int = 64, width: int = 32):
@@ -92,7 +106,9 @@ class ConvEncoder(nn.Module):
         check_int("z_dim", z_dim)
         self.trunk, c, s = _trunk(in_ch, size, width, "lrelu", False)
         self.head = nn.Linear(c * s * s, 2 * z_dim)
+        self.in_ch, self.size = in_ch, size
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(f"ConvEncoder(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
         mu, logvar = self.head(self.trunk(2 * x - 1).flatten(1)).chunk(2, dim=1)
         return mu, logvar

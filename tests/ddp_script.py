@@ -1,8 +1,8 @@
 """Run by tests/test_training.py under torchrun (2 ranks, gloo on CPU): data-parallel training of the demo method.
 
 Usage: python -m torch.distributed.run --nproc_per_node 2 --standalone tests/ddp_script.py OUT_DIR
-Each rank saves to OUT_DIR/rank<r>.pt its initial and final weights, the sums of the batches it drew, the weights
-after a run killed at step 9 and resumed from the checkpoint of step 6, the message of a guard that fired on rank 1 only, and a gradient averaged by allreduce_grads.
+Each rank saves to OUT_DIR/rank<r>.pt its initial and final weights, its EMA of them (built before train), the sums
+of the batches it drew, the weights after a run killed at step 9 and resumed from the checkpoint of step 6, the message of a guard that fired on rank 1 only, and a gradient averaged by allreduce_grads.
 """
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ebm_nb.core import seed_everything
-from ebm_nb.training import GaussianCD, TrainingDiverged, allreduce_grads, ddp_cleanup, ddp_setup, train
+from ebm_nb.training import EMA, GaussianCD, TrainingDiverged, allreduce_grads, ddp_cleanup, ddp_setup, train
 
 
 class Killed(Exception): pass
@@ -42,7 +42,8 @@ def main(out: Path):
     gen = lambda: torch.Generator().manual_seed(5)
     m = make()
     init = {k: v.clone() for k, v in m.nets["energy"].state_dict().items()}
-    hist = train(m, data, 12, 32, generator=gen(), log_every=4)
+    ema = EMA(m.nets["energy"], 0.9)  # built before train: a copy of this rank's own initial weights
+    hist = train(m, data, 12, 32, generator=gen(), log_every=4, ema={"ema": ema})
 
     try: train(make(kill_at=9), data, 12, 32, generator=gen(), ckpt_path=out / "ck.pt", ckpt_every=6)
     except Killed: pass
@@ -58,7 +59,8 @@ def main(out: Path):
     for p in lin.parameters(): p.grad = torch.full_like(p, rank + 1.0)
     allreduce_grads(lin)  # the mean of 1 and 2
 
-    torch.save({"init": init, "grad": lin.weight.grad, "final": m.nets["energy"].state_dict(), "batch_sums": m.batch_sums, "history": hist,
+    torch.save({"init": init, "grad": lin.weight.grad, "final": m.nets["energy"].state_dict(), "ema": ema.module.state_dict(),
+                "batch_sums": m.batch_sums, "history": hist,
                 "resumed": resumed.nets["energy"].state_dict(), "diverged": diverged}, out / f"rank{rank}.pt")
     ddp_cleanup()
 

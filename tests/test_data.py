@@ -309,3 +309,24 @@ def test_batches():
             D.batches(x, bad)
     with pytest.raises(ValueError, match="same length"):
         D.batches((x, x[:5]), 2)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9], ids=["half", "most"])
+def test_fmnist_truncated_file_says_which_and_how_to_fix(tmp_path, cut):
+    _fake_fmnist(tmp_path, n=50)
+    img = tmp_path / D.FMNIST_FILES["test"][0]
+    raw = img.read_bytes(); img.write_bytes(raw[:int(len(raw) * cut)])  # a download or copy cut short
+    with pytest.raises(ValueError) as err:
+        D.load_fashion_mnist("test", root=tmp_path, check_sha=False)
+    msg = str(err.value)
+    assert f"{img} is truncated or corrupt" in msg and "download=True" in msg and "dataset-fashion-mnist" in msg
+    assert msg.count(". ") == 0 and msg.endswith(".")  # one sentence
+
+
+def test_read_idx_truncated_or_not_gzip(tmp_path):
+    p = tmp_path / "x.gz"
+    D.write_idx(p, torch.arange(200, dtype=torch.uint8).reshape(2, 100))
+    p.write_bytes(p.read_bytes()[:-12])
+    with pytest.raises(ValueError, match=r"x.gz is truncated or corrupt \(.*\); get a good copy of it"): D.read_idx(p)
+    p.write_bytes(b"definitely not gzip")
+    with pytest.raises(ValueError, match="x.gz is truncated or corrupt"): D.read_idx(p)

@@ -81,3 +81,26 @@ def test_spectral_norm_and_state_round_trip():
 def test_n_params():
     assert n_params(nn.Linear(3, 2)) == 8
     assert n_params(MLPEnergy(dim=2, hidden=4, depth=1)) == 2 * 4 + 4 + 4 + 1
+
+
+@pytest.mark.parametrize("make, x, match", [
+    (lambda: ConvEnergy(1, 28, width=4), torch.rand(2, 1, 32, 32),
+     r"ConvEnergy\(in_ch=1, size=28\) needs x of shape \(N, 1, 28, 28\), got \(2, 1, 32, 32\)"),
+    (lambda: ConvEnergy(1, 28, width=4), torch.rand(1, 28, 28), r"needs x of shape \(N, 1, 28, 28\), got \(1, 28, 28\)"),
+    (lambda: ConvEnergy(3, 8, width=4), torch.rand(2, 1, 8, 8), r"ConvEnergy\(in_ch=3, size=8\) needs x .*got \(2, 1, 8, 8\)"),
+    (lambda: ConvEnergy(1, 8, width=4), torch.rand(8, 8), r"got \(8, 8\); add the missing batch or channel dimension"),
+    (lambda: MLPEnergy(dim=2, hidden=4), torch.randn(4, 3), r"MLPEnergy\(dim=2\) needs x of shape \(N, 2\).*got \(4, 3\)"),
+    (lambda: MLPEnergy(dim=2, hidden=4), torch.randn(2), r"MLPEnergy\(dim=2\) needs x .*got \(2,\)"),
+    (lambda: ConvGenerator(z_dim=8, size=8, width=4), torch.randn(3, 16),
+     r"ConvGenerator\(z_dim=8\) needs z of shape \(N, 8\), got \(3, 16\)"),
+    (lambda: ConvGenerator(z_dim=8, size=8, width=4), torch.randn(3, 8, 1, 1), r"needs z of shape \(N, 8\), got \(3, 8, 1, 1\)"),
+    (lambda: ConvEncoder(1, 16, z_dim=8, width=4), torch.rand(2, 1, 8, 8),
+     r"ConvEncoder\(in_ch=1, size=16\) needs x of shape \(N, 1, 16, 16\), got \(2, 1, 8, 8\)"),
+], ids=["energy-size", "energy-no-batch", "energy-channels", "energy-2d", "mlp-dim", "mlp-no-batch", "gen-z",
+        "gen-z-4d", "encoder-size"])
+def test_wrong_input_shapes_fail_with_one_sentence(make, x, match):
+    with pytest.raises(ValueError, match=match): make()(x)
+
+
+def test_mlp_still_flattens_trailing_dims():
+    assert MLPEnergy(dim=64, hidden=4)(torch.randn(3, 1, 8, 8)).shape == (3,)

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebm_nb.core import load_checkpoint, seed_everything
+import copy
+
+from ebm_nb import training
+from ebm_nb.core import load_checkpoint, save_checkpoint, seed_everything
 from ebm_nb.training import EMA, GaussianCD, TrainingDiverged, check_logs, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,7 +149,7 @@ def test_reserved_ema_name_and_bad_step_output():
 
     class Listy(GaussianCD):
         def step(self, batch): return [1.0]
-    with pytest.raises(TypeError, match="Listy.step must return a dict of floats, got list"): train(Listy(), DATA, 2, 4)
+    with pytest.raises(TypeError, match="Listy.step must return a dict of floats or 0-dim tensors, got list"): train(Listy(), DATA, 2, 4)
 
 
 def test_ddp_two_ranks_under_torchrun(tmp_path):
@@ -160,8 +163,199 @@ def test_ddp_two_ranks_under_torchrun(tmp_path):
     for k in r0["final"]:  # ... and end equal (broadcast + averaged gradients), having trained
         assert torch.equal(r0["final"][k], r1["final"][k]) and torch.equal(r0["resumed"][k], r1["resumed"][k])
     assert not torch.equal(r0["final"]["mu"], r0["init"]["mu"]) and torch.isfinite(r0["resumed"]["mu"]).all()
+    for k in r0["ema"]:  # the EMAs were built from each rank's own start, yet average rank 0's weights everywhere
+        assert torch.equal(r0["ema"][k], r1["ema"][k]) and not torch.equal(r0["ema"][k], r0["final"][k])
     assert r0["batch_sums"] != r1["batch_sums"]  # each rank draws its own batches
     assert torch.allclose(r0["grad"], torch.full((1, 3), 1.5)) and torch.equal(r0["grad"], r1["grad"])
     assert "iteration 3: loss=nan" in r1["diverged"] and "iteration 3: a non-finite" in r0["diverged"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "rank0.pt", "rank1.pt"]  # one checkpoint, no temp files
     assert load_checkpoint(tmp_path / "ck.pt", restore_rng=False)["iteration"] == 12
+
+
+# --- EMA: one fused update ------------------------------------------------------------------------------------
+
+def test_ema_update_is_one_foreach_lerp_with_per_parameter_numerics(monkeypatch):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2).double())
+    ema, ref = EMA(net, 0.93), copy.deepcopy(net)
+    calls, real = [], torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    for _ in range(4):
+        with torch.no_grad():
+            for p in net.parameters(): p.add_(torch.randn_like(p))
+        net[:2](torch.randn(6, 5))  # moves the running stats (buffers are copied)
+        ema.update()
+        with torch.no_grad():
+            for e, w in zip(ref.parameters(), net.parameters()): e.lerp_(w, 1 - 0.93)
+    assert calls == [6] * 4  # one call over all six parameters per update
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.parameters(), ref.parameters()))
+    assert torch.equal(ema.module[1].running_var, net[1].running_var)
+    EMA(torch.nn.BatchNorm1d(3, affine=False)).update()  # no parameters at all
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ema_foreach_matches_per_parameter_on_cuda():
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 3)).cuda()
+    ema, ref = EMA(net, 0.999), copy.deepcopy(net)
+    with torch.no_grad():
+        for p in net.parameters(): p.add_(1)
+    ema.update()
+    with torch.no_grad():
+        for e, w in zip(ref.parameters(), net.parameters()): e.lerp_(w, 1 - 0.999)
+    assert all(torch.equal(a, b) for a, b in zip(ema.module.parameters(), ref.parameters()))
+
+
+# --- checkpoints of another method, stale temp files -----------------------------------------------------------
+
+class OtherMethod:
+    "A method of another class (as GCD is to CD): its load_state_dict reads keys a GaussianCD checkpoint lacks."
+    def __init__(self):
+        self.net = torch.nn.Linear(1, 1); self.nets = {"energy": self.net}; self.opt = torch.optim.SGD(self.net.parameters(), 0.1)
+    def step(self, batch): return {"loss": 0.0}
+    def sample(self, n): return torch.zeros(n, 1)
+    def energy(self, x): return self.net(x).squeeze(1)
+    def state_dict(self): return {"net": self.net.state_dict(), "other_opt": self.opt.state_dict()}
+    def load_state_dict(self, sd): self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["other_opt"])
+
+
+def test_resume_from_a_checkpoint_of_another_method_names_both(tmp_path):
+    path = tmp_path / "ck.pt"
+    train(GaussianCD(), DATA, 4, 16, ckpt_path=path)
+    with pytest.raises(TypeError, match=r"ck.pt holds class GaussianCD under 'method', but OtherMethod asked for it"):
+        train(OtherMethod(), DATA, 8, 16, ckpt_path=path)
+    with pytest.raises(TypeError, match="holds class GaussianCD under 'method', but OtherMethod asked"):
+        load_checkpoint(path, method=OtherMethod())
+
+
+def test_save_and_resume_remove_stale_temp_files(tmp_path):
+    path = tmp_path / "ck.pt"
+    keep = [tmp_path / ".other.pt.abcdefgh.tmp", tmp_path / "ck.pt.bak"]
+    for p in keep: p.write_bytes(b"x")
+    stale = tmp_path / ".ck.pt.q1w2e3r4.tmp"
+    stale.write_bytes(b"half")  # a write killed with SIGKILL
+    train(GaussianCD(), DATA, 4, 16, ckpt_path=path, ckpt_every=2)
+    assert not stale.exists() and all(p.exists() for p in keep)
+    stale.write_bytes(b"half")
+    assert len(train(GaussianCD(), DATA, 4, 16, ckpt_path=path)) == 1  # the resume of a finished run removes it too
+    assert not stale.exists() and all(p.exists() for p in keep)
+
+
+# --- tensor logs: no host sync per iteration --------------------------------------------------------------------
+
+class TensorCD(GaussianCD):
+    "GaussianCD whose step returns 0-dim tensors (what a GPU method returns to avoid .item())."
+    def step(self, batch):
+        self.steps += 1
+        e_pos, e_neg = self.energy(batch).mean(), self.energy(self.sample(len(batch))).mean()
+        loss = e_pos - e_neg
+        self.opt.zero_grad(); loss.backward(); self.opt.step()
+        net = self.nets["energy"]
+        return {"loss": torch.tensor(float("nan")) if self.steps == self.nan_at else loss.detach(), "e_pos": e_pos.detach(),
+                "e_neg": e_neg, "mu": net.mu[0], "sigma": net.log_sigma[0].exp()}  # mu is a view of a weight
+
+
+@pytest.mark.parametrize("log_every", [1, 4, 7])
+def test_tensor_logs_give_the_float_history(tmp_path, log_every):
+    run = lambda cls, path: train(cls(seed=2, langevin_steps=1), DATA, 20, 16, generator=torch.Generator().manual_seed(3),
+                                  log_every=log_every, ckpt_path=path, ckpt_every=6)
+    h_float, h_tensor = run(GaussianCD, tmp_path / "f.pt"), run(TensorCD, tmp_path / "t.pt")
+    assert h_tensor == h_float and all(type(v) is float for r in h_tensor for k, v in r.items() if k != "iter")
+    assert load_checkpoint(tmp_path / "t.pt", restore_rng=False)["extra"]["history"] == h_float
+
+
+def test_tensor_nan_is_caught_with_iteration_and_last_good_checkpoint(tmp_path):
+    path = tmp_path / "ck.pt"
+    with pytest.raises(TrainingDiverged) as err:  # found at the check before the checkpoint of iteration 6
+        train(TensorCD(nan_at=5), DATA, 20, 16, ckpt_path=path, ckpt_every=3, log_every=100)
+    assert err.value.iteration == 5 and "iteration 5: loss=nan" in str(err.value) and f"{path} (iteration 3)" in str(err.value)
+    assert load_checkpoint(path, restore_rng=False)["iteration"] == 3  # the checkpoint of iteration 6 was not written
+    with pytest.raises(TrainingDiverged, match=r"iteration 3: loss=nan.*no checkpoint was written yet"):
+        train(TensorCD(nan_at=3), DATA, 10, 16, log_every=5)
+    with pytest.raises(TrainingDiverged, match=r"iteration 1: e_pos="):
+        train(TensorCD(), DATA, 5, 16, energy_bound=1e-3)
+
+
+def test_steps_run_between_checks_without_moving_tensors_to_the_host(monkeypatch):
+    seen = []  # the tensors a window holds stay tensors until its check
+    real = training._to_host
+    monkeypatch.setattr(training, "_to_host", lambda rows: seen.append([type(r["loss"]) for r in rows]) or real(rows))
+    train(TensorCD(), DATA, 10, 16, log_every=4)
+    assert seen == [[torch.Tensor] * 4, [torch.Tensor] * 4, [torch.Tensor] * 2]
+    seen.clear(); train(GaussianCD(), DATA, 4, 16, log_every=4)
+    assert seen == [[float] * 4]
+
+
+class TinyCuda:
+    "A tiny method that keeps everything on the GPU: a CUDA generator for its noise, plain SGD, tensor logs."
+    def __init__(self):
+        self.device = torch.device("cuda")
+        self.net = torch.nn.Linear(2, 1).cuda(); self.nets = {"energy": self.net}
+        self.opt = torch.optim.SGD(self.net.parameters(), 0.01)
+        self.gen = torch.Generator(device="cuda").manual_seed(0)
+    def energy(self, x): return self.net(x).squeeze(1)
+    def sample(self, n): return torch.randn(n, 2, device=self.device, generator=self.gen)
+    def step(self, batch):
+        e_pos, e_neg = self.energy(batch).mean(), self.energy(self.sample(len(batch))).mean()
+        loss = e_pos - e_neg + 0.1 * (e_pos ** 2 + e_neg ** 2)
+        self.opt.zero_grad(); loss.backward(); self.opt.step()
+        return {"loss": loss.detach(), "e_pos": e_pos.detach(), "e_neg": e_neg.detach()}
+    def state_dict(self): return {"net": self.net.state_dict()}
+    def load_state_dict(self, sd): self.net.load_state_dict(sd["net"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_no_host_sync_between_log_points_on_cuda(monkeypatch):
+    m, data = TinyCuda(), torch.randn(256, 2, device="cuda")
+    ema = {"ema": EMA(m.net, 0.9)}
+    m.step(data[:8]); ema["ema"].update(); torch.cuda.synchronize()  # warm up (first launches, lazy init)
+    flushes, real = [], training._to_host
+
+    def to_host(rows):  # the one sync a window is allowed: its transfer to the host
+        torch.cuda.set_sync_debug_mode("default")
+        try: return real(rows)
+        finally: flushes.append(len(rows)); torch.cuda.set_sync_debug_mode("error")
+    monkeypatch.setattr(training, "_to_host", to_host)
+    gen = torch.Generator(device="cuda").manual_seed(0)  # batches drawn on the GPU: no index copied from the host
+    torch.cuda.set_sync_debug_mode("error")
+    try: hist = train(m, data, 12, 8, generator=gen, log_every=4, ema=ema)
+    finally: torch.cuda.set_sync_debug_mode("default")
+    assert flushes == [4, 4, 4] and [r["iter"] for r in hist] == [4, 8, 12]
+    assert all(type(v) is float for r in hist for k, v in r.items() if k != "iter")
+
+
+# --- the progress bar ---------------------------------------------------------------------------------------------
+
+class ManyLogs(GaussianCD):
+    "GaussianCD logging as many values as GCD does."
+    def step(self, batch):
+        logs = super().step(batch)
+        return {"e_pos": logs["e_pos"], "mu": logs["mu"], "loss_energy": logs["loss"], "sigma": logs["sigma"],
+                "loss_td": 0.5, "energy_neg": logs["e_neg"], "sigma_mean": 1.0}
+
+
+def test_progress_postfix_shows_at_most_three_short_values(monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, it): self.it, self.postfixes = it, []
+        def __iter__(self): return iter(self.it)
+        def set_postfix(self, d, refresh=True): self.postfixes.append(dict(d))
+        def close(self): pass
+    monkeypatch.setattr(training, "progress", lambda it, **kw: bars.append(Bar(it)) or bars[-1])
+    train(ManyLogs(), DATA, 6, 16, log_every=2)
+    (bar,) = bars
+    assert len(bar.postfixes) == 3 and all(len(p) <= 3 for p in bar.postfixes)
+    assert list(bar.postfixes[-1]) == ["loss_energy", "loss_td", "e_pos"]  # loss* first, then in order
+    assert all(len(v) <= 10 for p in bar.postfixes for v in p.values())
+    train(GaussianCD(), DATA, 2, 16, log_every=2)
+    assert list(bars[-1].postfixes[-1]) == ["loss", "e_pos", "e_neg"]
+
+
+def test_a_bad_float_after_a_bad_tensor_names_the_tensor_iteration():
+    class Mixed(GaussianCD):
+        def step(self, batch):
+            logs = super().step(batch)
+            return {"loss": torch.tensor(float("nan") if self.steps == 2 else logs["loss"]),
+                    "e_pos": float("inf") if self.steps == 3 else logs["e_pos"]}
+    with pytest.raises(TrainingDiverged, match=r"iteration 2: loss=nan"):
+        train(Mixed(), DATA, 10, 16, log_every=10)
