@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .core import check_choice, check_int, load_checkpoint, progress, quiet, remove_stale_temps
 from .core import rng_state, save_checkpoint, set_rng_state
 from .data import batches
+from .sampling import langevin
 
 # %% auto #0
 __all__ = ['Method', 'check_method', 'method_device', 'GaussianEnergy', 'GaussianCD', 'EMA', 'TrainingDiverged', 'check_logs',
@@ -67,12 +68,8 @@ class GaussianCD:
 
     def sample(self, n: int) -> Tensor:
         net = self.nets["energy"]
-        noise = lambda: torch.randn(n, len(net.mu), generator=self.gen).to(self.device)
-        x = (net.mu + net.log_sigma.exp() * noise()).detach()
-        for _ in range(self.langevin_steps):
-            g, = torch.autograd.grad(self.energy(x.requires_grad_()).sum(), x)
-            x = (x - self.step_size * g + (2 * self.step_size) ** 0.5 * noise()).detach()
-        return x
+        x = (net.mu + net.log_sigma.exp() * torch.randn(n, len(net.mu), generator=self.gen).to(self.device)).detach()
+        return langevin(self.energy, x, self.langevin_steps, self.step_size, generator=self.gen)
 
     def step(self, batch: Tensor) -> dict[str, float]:
         self.steps += 1
