@@ -92,10 +92,11 @@ def checks_markdown(checks: list[dict]) -> str:
     return "\n".join(out + [f"| {'yes' if c['holds'] else 'NO'} | {format_cell(c['claim'])} | {format_cell(c['paper'])} | "
                             f"{format_cell(c['ours'])} | {format_cell(c['note'])} |" for c in checks])
 
-# %% ../nbs/15_report.ipynb #e889bf10
+# %% ../nbs/15_report.ipynb #a5889c50
 def _cells(path, kind: str) -> list[str]:
     nb = json.loads(Path(path).read_text())
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in nb["cells"] if c["cell_type"] == kind]
+    src = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+    return [src(c) for c in nb["cells"] if c["cell_type"] == kind]
 
 def _pattern(node) -> str | None:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div): node = node.right
@@ -114,7 +115,8 @@ def notebook_stems(path) -> list[str]:
         try: tree = ast.parse(src)
         except SyntaxError: continue
         for n in ast.walk(tree):
-            if isinstance(n, ast.Call) and n.args and getattr(n.func, "id", getattr(n.func, "attr", None)) == "write_results":
+            name = getattr(n.func, "id", getattr(n.func, "attr", None)) if isinstance(n, ast.Call) else None
+            if name == "write_results" and n.args:
                 p = _pattern(n.args[0])
                 if p and p not in stems: stems.append(p)
     return stems or [Path(path).stem]
@@ -134,7 +136,7 @@ def notebook_of(table: dict, notebooks: list) -> Path | None:
     if named: return next((nb for nb in same if str(named) in (f"{nb.parent.name}/{nb.name}", nb.name, nb.stem)), None)
     return next((nb for nb in same if any(fnmatch.fnmatchcase(table["stem"], p) for p in notebook_stems(nb))), None)
 
-# %% ../nbs/15_report.ipynb #b7e76cee
+# %% ../nbs/15_report.ipynb #98adc390
 def _anchor(title: str) -> str:
     "GitHub's anchor of a markdown heading."
     return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
@@ -182,17 +184,18 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
     if not tables: out += ["No result tables yet: run `ebm-nb --scale quick` (or `make reproduce`).", ""]
     else:
         out += ["| table | scale | device | wall time | claims that hold |", "|---|---|---|---|---|"]
-        out += [f"| [{t['paper']}/{t['stem']}](#{_anchor(t['paper'] + '/' + t['stem'])}) | {format_cell(t['meta'].get('scale', '?'))} | "
-                f"{format_cell(t['meta'].get('device', '?'))} | {format_seconds(t['meta'].get('wall_time_s'))} | "
-                f"{_verdicts(table_checks(t['meta']))} |"
-                for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"]))]
+        for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"])):
+            name, m = f"{t['paper']}/{t['stem']}", t["meta"]
+            out.append(f"| [{name}](#{_anchor(name)}) | {format_cell(m.get('scale', '?'))} | {format_cell(m.get('device', '?'))} | "
+                       f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |")
         out.append("")
     for paper in folders:
         mine = [t for t in tables if t["paper"] == paper]
         figs = _figures(root / paper, [t["stem"] for t in mine])
         out += [f"## {'Benchmarks' if paper == BENCHMARKS else paper}", ""]
         for t in mine: out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root)
-        if figs.get(None): out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
+        if figs.get(None):
+            out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
     return "\n".join(out).rstrip() + "\n"
 
 # %% ../nbs/15_report.ipynb #0b4b03b0

@@ -35,13 +35,14 @@ def notebook_parameters(path) -> dict:
     import papermill as pm
     return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
 
-# %% ../nbs/07_run.ipynb #5c4ad562
+# %% ../nbs/07_run.ipynb #e1b0710b
 def check_run_parameters(parameters: dict) -> dict:
     "Check the parameters paper notebooks share (scale, device, seed, workers, out_dir) before any work; return them."
     p = dict(parameters)
     if "scale" in p: check_choice("scale", p["scale"], SCALES)
-    if "device" in p and not (isinstance(p["device"], str) and (p["device"] in DEVICES or re.fullmatch(r"cuda:\d+", p["device"]))):
-        raise ValueError(f"Unknown device {p['device']!r}; valid values are: {', '.join(DEVICES)}, cuda:N.")
+    d = p.get("device", "auto")
+    if not (isinstance(d, str) and (d in DEVICES or re.fullmatch(r"cuda:\d+", d))):
+        raise ValueError(f"Unknown device {d!r}; valid values are: {', '.join(DEVICES)}, cuda:N.")
     if "seed" in p: check_int("seed", p["seed"], low=0)
     if "workers" in p: check_int("workers", p["workers"], low=1)
     if isinstance(p.get("out_dir"), os.PathLike): p["out_dir"] = os.fspath(p["out_dir"])
@@ -89,7 +90,7 @@ def run_notebook(path, scale: str = "quick", parameters: dict | None = None, run
     return {"notebook": f"{path.parent.name}/{path.name}", "scale": scale, "status": "ok",
             "seconds": round(time.time() - t0, 1), "executed": str(out)}
 
-# %% ../nbs/07_run.ipynb #dfdd8e33
+# %% ../nbs/07_run.ipynb #c7065fd6
 def last_wall_times(nb, tables: list[dict], notebooks=None) -> dict:
     "`{scale: wall_time_s}` of the most recent committed table notebook `nb` wrote at each scale (SCALES order)."
     from ebm_nb.report import notebook_of
@@ -109,28 +110,29 @@ def list_notebooks(nbs: list, figures_dir=None, notebooks=None) -> str:
     figures_dir = Path(figures_dir or repo_root() / "figures")
     tables = load_tables(figures_dir) if figures_dir.is_dir() else []
     def block(nb):
-        times = last_wall_times(nb, tables, notebooks or nbs)
+        times = ", ".join(f"{s} {format_seconds(w)}" for s, w in last_wall_times(nb, tables, notebooks or nbs).items())
         params = ", ".join(f"{k}={v}" for k, v in notebook_parameters(nb).items()) or "none"
         return [f"{nb.parent.name}/{nb.name}: {notebook_purpose(nb)}",
-                f"    last run: {', '.join(f'{s} {format_seconds(w)}' for s, w in times.items()) or 'no committed run'}",
+                f"    last run: {times or 'no committed run'}",
                 f"    parameters: {params}"]
     papers = [nb for nb in nbs if nb.parent.name != BENCHMARKS]
     bench = [nb for nb in nbs if nb.parent.name == BENCHMARKS]
     out = []
     if papers: out += ["Paper notebooks (nbs/papers/<paper>/; last run: wall time of the last committed table per scale)", ""]
     for nb in papers: out += block(nb)
-    if bench: out += ([""] if papers else []) + ["Benchmarks (nbs/papers/benchmarks/: speed of our fast path, no paper's table)", ""]
+    if bench:
+        out += ([""] if papers else []) + ["Benchmarks (nbs/papers/benchmarks/: speed of our fast path, no paper's table)", ""]
     for nb in bench: out += block(nb)
     return "\n".join(out)
 
-# %% ../nbs/07_run.ipynb #08c81bc5
+# %% ../nbs/07_run.ipynb #908af1a0
 def _literal(s: str):
     try: return ast.literal_eval(s)
     except (ValueError, SyntaxError): return s
 
 def _parse(argv):
-    ap = argparse.ArgumentParser(prog="ebm-nb", description="Run ebm_nb paper notebooks with papermill.",
-                                 epilog="ebm-nb report [--check] [--figures-dir DIR] builds figures/README.md, the results index.")
+    ap = argparse.ArgumentParser(prog="ebm-nb", description="Run ebm_nb paper notebooks with papermill.", epilog=
+                                 "ebm-nb report [--check] [--figures-dir DIR] builds figures/README.md, the results index.")
     ap.add_argument("--paper", default="all", help="paper folder under nbs/papers, or 'all'")
     ap.add_argument("--scale", default=None, help=f"one of {', '.join(SCALES)} (default quick)")
     ap.add_argument("--notebook", default=None, help="run only notebooks whose name (without .ipynb) contains this")
@@ -162,7 +164,8 @@ def _select(a) -> list[Path]:
         chosen = [nb for nb in nbs if key in nb.stem]
         if not chosen:
             names = ", ".join(f"{nb.parent.name}/{nb.name}" for nb in nbs)
-            where, these = ("no notebook", "the notebooks") if a.paper == "all" else (f"no notebook of paper {a.paper!r}", "its notebooks")
+            where, these = ("no notebook", "the notebooks") if a.paper == "all" else \
+                           (f"no notebook of paper {a.paper!r}", "its notebooks")
             raise ValueError(f"{where} has {a.notebook!r} in its name; {these} are: {names}.")
         nbs = chosen
     return nbs
