@@ -9,7 +9,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: test reproduce lab export env data sync clean
+.PHONY: test reproduce report lab export env data sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: sync
 
 reproduce: env
 	$(BIN)/python -m ebm_nb.run --paper $(PAPER) --scale $(SCALE)
+
+# The results index figures/README.md, from the committed figures/<paper>/*.json.
+report: env
+	$(BIN)/python -m ebm_nb.run report
 
 export: env
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
