@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from .nets import _gn  # one GroupNorm rule for every net
 from .core import check_choice, check_positive, pick_device, register_preset, check_int
 
 # %% auto #0
@@ -197,8 +198,6 @@ class TimeMLP(nn.Module):
         return self.net(torch.cat([x, timestep_embedding(_time(t, len(x), x.device), self.emb_dim).to(x.dtype)], 1))
 
 # %% ../nbs/13_diffusion.ipynb #ae576942
-def _gn(c: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(8, c), c)
-
 class ResBlock(nn.Module):
     "Residual conv block with the time embedding added after the first conv."
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0):

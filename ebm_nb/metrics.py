@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_metrics.ipynb #99e3be05
 from __future__ import annotations
-import hashlib, os, warnings
+import os, warnings
 from pathlib import Path
 import numpy as np
 import scipy.linalg, scipy.special, scipy.stats
@@ -13,15 +13,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .core import check_positive, pick_device, check_int
-from .data import TOY_BOUND
+from .data import TOY_BOUND, sha256
 
 # %% auto #0
 __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'gaussian_stats', 'frechet_distance',
            'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'grid_centres', 'grid_log_density',
            'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim', 'features_with', 'frechet_distance_with',
-           'FMNISTClassifier', 'fmnist_classifier_path', 'file_sha256', 'load_fmnist_classifier', 'fmnist_features',
-           'fd_fmnist', 'kid_fmnist', 'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'toy_eval',
-           'FeatureStats', 'feature_stats', 'image_eval']
+           'FMNISTClassifier', 'fmnist_classifier_path', 'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist',
+           'kid_fmnist', 'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'toy_eval', 'FeatureStats',
+           'feature_stats', 'image_eval']
 
 # %% ../nbs/04_metrics.ipynb #cdac9861
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -294,20 +294,13 @@ def fmnist_classifier_path() -> Path:
     import ebm_nb
     return Path(ebm_nb.__file__).parent / "assets" / "fmnist_classifier.pt"
 
-def file_sha256(path) -> str:
-    "SHA-256 hex digest of a file."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
 def load_fmnist_classifier(device="cpu") -> FMNISTClassifier:
     "The trained FD-FMNIST classifier in eval mode on `device`, checksum-verified and cached per device."
     dev = pick_device(device)
     if str(dev) not in _CLASSIFIERS:
         path = fmnist_classifier_path()
         if not path.is_file(): raise FileNotFoundError(f"No classifier weights at {path}; restore them with `git checkout {path.name}` in that folder or run nbs/09_fmnist_classifier.ipynb.")
-        got = file_sha256(path)
+        got = sha256(path)
         if got != FMNIST_CLASSIFIER_SHA256:
             raise ValueError(f"{path} has SHA-256 {got} but FMNIST_CLASSIFIER_SHA256 is {FMNIST_CLASSIFIER_SHA256}: the file is corrupt or from "
                              "another training run. Restore it from git, or after retraining on purpose update FMNIST_CLASSIFIER_SHA256 in nbs/04_metrics.ipynb.")
