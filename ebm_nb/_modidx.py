@@ -248,6 +248,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'ebm_nb.plots._np': ('plots.html#_np', 'ebm_nb/plots.py'),
                               'ebm_nb.plots._pick_backend': ('plots.html#_pick_backend', 'ebm_nb/plots.py'),
                               'ebm_nb.plots._points': ('plots.html#_points', 'ebm_nb/plots.py'),
+                              'ebm_nb.plots._refs': ('plots.html#_refs', 'ebm_nb/plots.py'),
                               'ebm_nb.plots._square': ('plots.html#_square', 'ebm_nb/plots.py'),
                               'ebm_nb.plots.chain_strip': ('plots.html#chain_strip', 'ebm_nb/plots.py'),
                               'ebm_nb.plots.energy_heatmap': ('plots.html#energy_heatmap', 'ebm_nb/plots.py'),

@@ -170,7 +170,7 @@ def chain_strip(chain, path=None, every: int = 1, title: str | None = None, ener
             ax_e.set_xlabel("step"); ax_e.set_ylabel("energy")
     return _finish(fig, path, close)
 
-# %% ../nbs/05_plots.ipynb #aad77bb9
+# %% ../nbs/05_plots.ipynb #8c0e7589
 def _device_of(fn, device):
     "Where to evaluate `fn`: `device`, else its parameters' device, else CPU."
     if device is not None: return torch.device(device)
@@ -219,7 +219,8 @@ def energy_heatmap(energy_fn: Callable, bound: float = TOY_BOUND, n: int = 200, 
     return _finish(ax.figure, path, close and own)
 
 def heatmap_row(fns: Sequence[Callable], titles: Sequence[str] | None = None, samples=None, path=None,
-                ncols: int | None = None, size: float = 2.4, close: bool = True, **kw):
+                ncols: int | None = None, size: float = 2.4, close: bool = True, colorbar: bool = False,
+                title: str | None = None, **kw):
     "One `energy_heatmap` panel per energy in `fns` (`samples`: one (M, 2) set for all, or a list, one per fn); rows of at most 6."
     if callable(fns) or not fns or not all(callable(f) for f in fns):
         raise ValueError("fns must be a non-empty list of energy functions (callables); wrap a single one as [fn].")
@@ -230,6 +231,13 @@ def heatmap_row(fns: Sequence[Callable], titles: Sequence[str] | None = None, sa
     fig, axs = panel(len(fns), ncols=ncols, size=size)
     for i, (f, ax) in enumerate(zip(fns, axs)):
         energy_heatmap(f, samples=samples[i], ax=ax, title=titles[i] if titles else None, **kw)
+    with style():
+        if colorbar:  # one colour scale for the row, so panels compare by colour
+            ims = [ax.images[0] for ax in axs]
+            lo, hi = min(im.get_array().min() for im in ims), max(im.get_array().max() for im in ims)
+            for im in ims: im.set_clim(lo, hi)
+            fig.colorbar(ims[0], ax=list(axs), shrink=0.8, label="density" if kw.get("density", True) else "energy")
+        if title: fig.suptitle(title)
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #715462bb
@@ -246,7 +254,7 @@ def scatter2d(x, path=None, bound: float | None = TOY_BOUND, ax=None, title: str
         if title: ax.set_title(title)
     return _finish(ax.figure, path, close and own)
 
-# %% ../nbs/05_plots.ipynb #54cca4fe
+# %% ../nbs/05_plots.ipynb #70df6faa
 def _ema(y: np.ndarray, a: float) -> np.ndarray:
     "Debiased exponential moving average of `y`, skipping NaNs."
     out, m, w = np.full_like(y, np.nan), 0.0, 0.0
@@ -255,9 +263,22 @@ def _ema(y: np.ndarray, a: float) -> np.ndarray:
         if w > 0: out[i] = m / w
     return out
 
+def _refs(refs: dict | None, keys) -> dict:
+    "`refs` {key: value or (value, label)} as {key: (float, label)}, for keys that are plotted."
+    if refs is None: return {}
+    if not isinstance(refs, dict): raise ValueError(f"refs must be a dict {{key: value or (value, label)}}, got {type(refs).__name__}.")
+    out = {}
+    for k, v in refs.items():
+        check_choice("refs key (a plotted history key)", k, list(keys))
+        val, label = v if isinstance(v, (tuple, list)) else (v, "reference")
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.number)) or not np.isfinite(val):
+            raise ValueError(f"refs[{k!r}] must be a finite number or (number, label), got {v!r}.")
+        out[k] = (float(val), str(label))
+    return out
+
 def training_curves(history: list[dict], keys: Sequence[str] | None = None, path=None, smooth: float = 0.0,
-                    ncols: int = 4, close: bool = True):
-    "One small panel per logged key of `history` (a list of dicts with 'iter'), optionally EMA-smoothed."
+                    ncols: int = 4, close: bool = True, refs: dict | None = None, title: str | None = None):
+    "One small panel per logged key of `history` (a list of dicts with 'iter'), optionally EMA-smoothed, with reference lines."
     if not isinstance(history, (list, tuple)) or not history or not all(isinstance(h, dict) for h in history):
         raise ValueError(f"history must be a non-empty list of dicts (what train returns), got {type(history).__name__} of length {len(history) if hasattr(history, '__len__') else '?'}.")
     if any("iter" not in h for h in history): raise ValueError("Every history row needs an 'iter' key (the iteration it was logged at).")
@@ -265,6 +286,7 @@ def training_curves(history: list[dict], keys: Sequence[str] | None = None, path
     avail = list(dict.fromkeys(k for h in history for k, v in h.items() if k != "iter" and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
     keys = avail if keys is None else [check_choice("history key", k, avail) for k in keys]
     if not keys: raise ValueError("history has no numeric values besides 'iter'; nothing to plot.")
+    refs = _refs(refs, keys)
     it = np.array([h["iter"] for h in history], dtype=float)
     fig, axs = panel(len(keys), ncols=min(ncols, len(keys)), size=2.4)
     with style():
@@ -272,10 +294,14 @@ def training_curves(history: list[dict], keys: Sequence[str] | None = None, path
             y = np.array([h.get(k, np.nan) for h in history], dtype=float)
             ax.plot(it, y, color=PALETTE[0], lw=1, alpha=0.35 if smooth else 1)
             if smooth: ax.plot(it, _ema(y, smooth), color=PALETTE[0], lw=1.5)
+            if k in refs:
+                ax.axhline(refs[k][0], color="k", ls="--", lw=0.9, label=refs[k][1])
+                ax.legend(loc="best", fontsize=7, frameon=True, framealpha=0.8)
             ax.set_title(k); ax.set_xlabel("iteration")
+        if title: fig.suptitle(title)
     return _finish(fig, path, close)
 
-# %% ../nbs/05_plots.ipynb #a591d58b
+# %% ../nbs/05_plots.ipynb #d7358a55
 def ood_histograms(scores: dict, path=None, xlabel: str = "energy", title: str | None = None, bins: int = 50,
                    close: bool = True):
     "Overlaid density histograms of `scores` {name: (N,) scores}, the first being in-distribution; returns the figure."
@@ -295,6 +321,6 @@ def ood_histograms(scores: dict, path=None, xlabel: str = "energy", title: str |
         for i, (name, a) in enumerate(clean.items()):
             sns.histplot(a, bins=edges, stat="density", element="step", fill=True, alpha=0.25 if i else 0.4,
                          color=PALETTE[i % len(PALETTE)], label=f"{name} (in-dist.)" if i == 0 else name, ax=ax)
-        ax.set_xlabel(xlabel); ax.legend()
+        ax.set_xlabel(xlabel); ax.legend(loc="best", frameon=True, framealpha=0.8)  # a frame keeps the legend readable over bars
         if title: ax.set_title(title)
     return _finish(fig, path, close)

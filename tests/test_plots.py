@@ -256,3 +256,45 @@ def test_ood_drops_nonfinite_with_warning():
     with pytest.warns(UserWarning, match="dropped 2 non-finite of 5"):
         fig = ood_histograms({"in": [0.0, 1.0, 2.0, np.inf, np.nan], "out": torch.randn(10, 1)})
     assert len(fig.axes[0].get_legend().get_texts()) == 2
+
+
+# --- reading a figure: shared colour scale, titles, reference lines, legends that do not hide the data ----------
+
+def test_heatmap_row_shared_colorbar_and_title():
+    fns = [gauss, lambda x: gauss(x) / 4]  # the second is much flatter: a lower peak density
+    fig = heatmap_row(fns, ["sharp", "flat"], n=20, colorbar=True, title="two energies (smoke scale)")
+    panels, bar = fig.axes[:2], fig.axes[2:]
+    assert len(bar) == 1 and bar[0].get_ylabel() == "density"
+    clims = {ax.images[0].get_clim() for ax in panels}
+    hi = max(ax.images[0].get_array().max() for ax in panels)
+    assert len(clims) == 1 and np.isclose(clims.pop()[1], hi)  # one scale, up to the highest panel
+    assert fig.get_suptitle() == "two energies (smoke scale)"
+    E = heatmap_row(fns, n=10, colorbar=True, density=False)
+    assert E.axes[-1].get_ylabel() == "energy"
+
+
+def test_heatmap_row_default_has_no_colorbar_or_title():
+    fig = heatmap_row([gauss, gauss], n=8)
+    assert len(fig.axes) == 2 and fig.get_suptitle() == ""
+
+
+def test_training_curves_reference_lines_and_title():
+    fig = training_curves(HIST, refs={"loss": (0.068, "paper"), "gap": 3}, title="toy run (quick scale)")
+    loss_ax, gap_ax = fig.axes
+    assert [l.get_ydata()[0] for l in loss_ax.lines[1:]] == [0.068] and loss_ax.get_legend().get_texts()[0].get_text() == "paper"
+    assert gap_ax.get_legend().get_texts()[0].get_text() == "reference"
+    assert loss_ax.get_legend().get_frame().get_alpha() == 0.8 and fig.get_suptitle() == "toy run (quick scale)"
+    assert training_curves(HIST).axes[0].get_legend() is None  # no refs, no legend
+
+
+@pytest.mark.parametrize("refs, match", [({"los": 1.0}, "refs key.*'los'; valid values are: loss, gap"), ({"loss": "x"}, "finite number"),
+                                         ({"loss": (np.nan, "paper")}, "finite number"), ([0.1], "must be a dict")])
+def test_training_curves_bad_refs(refs, match):
+    with pytest.raises(ValueError, match=match):
+        training_curves(HIST, refs=refs)
+
+
+def test_ood_legend_is_framed_and_placed_best():
+    fig = ood_histograms({"in": np.random.randn(50), "out": np.random.randn(50) + 2})
+    leg = fig.axes[0].get_legend()
+    assert leg._loc == 0 and leg.get_frame_on() and leg.get_frame().get_alpha() == 0.8  # loc="best", semi-opaque frame
