@@ -56,8 +56,11 @@ report: env
 export: env
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
 
+# Jupyter refuses to start as root without --allow-root; containers usually run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: env
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab $(ALLOW_ROOT) nbs
 
 clean:
 	rm -rf nbs/_runs .pytest_cache
