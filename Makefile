@@ -14,8 +14,8 @@ export MKL_NUM_THREADS ?= 1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-install only when pyproject.toml or the version (ebm_nb/__init__.py) changes.
+$(VENV)/.installed: pyproject.toml ebm_nb/__init__.py | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH)),$(BIN)/python -m pip install -q $(TORCH))
 	$(BIN)/python -m pip install -q -e '.[dev]'
