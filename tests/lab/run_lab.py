@@ -25,14 +25,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# Settings of the test's own JupyterLab: all cells in the DOM, no autosave, no news feed or update check.
+# Settings of the test's own JupyterLab: all cells in the DOM, no autosave, no news feed or update check;
+# the server (config below) fetches no news, checks no updates and asks PyPI nothing.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
     "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
 }
 SERVER_CONFIG = {
-    "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate"},
+    "LabApp": {"news_url": None, "check_for_updates_class": "jupyterlab.handlers.announcements.NeverCheckForUpdate",
+               "extension_manager": "readonly"},  # no PyPI look-ups from the extension manager
     "ServerApp": {"open_browser": False, "allow_remote_access": False},
 }
 # Cells' outputs that fail the run: errors, tracebacks printed to stderr, tqdm falling back to text bars.
@@ -113,9 +115,6 @@ class Lab:
             except OSError:
                 time.sleep(0.5)
         raise TimeoutError(f"jupyter lab did not answer on {self.base} within {timeout:.0f} s; see {self.log.name}")
-
-    def kernels(self) -> list:
-        return api(self.base, self.token, "/api/kernels")
 
     def stop(self):
         "Ask the server to shut down (it stops its kernels); terminate, then kill, if it does not."
