@@ -1,4 +1,5 @@
 # ebm_nb: two commands.  `make test` and `make reproduce [SCALE=quick|gpu|paper]`.
+# `make lab` opens JupyterLab on nbs/; `make test-lab` runs two notebooks in it through headless Chromium.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -9,13 +10,13 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: test reproduce report lab export env data sync clean
+.PHONY: test reproduce report lab test-lab chromium export env data sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Re-install only when pyproject.toml or the version (ebm_nb/__init__.py) changes.
+$(VENV)/.installed: pyproject.toml ebm_nb/__init__.py | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH)),$(BIN)/python -m pip install -q $(TORCH))
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -56,8 +57,25 @@ report: env
 export: env
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
 
+# Jupyter refuses to start as root without --allow-root; containers usually run as root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: env
-	$(BIN)/jupyter lab nbs
+	$(BIN)/jupyter lab $(ALLOW_ROOT) nbs
+
+# Debian's chromium and chromium-driver, installed with apt-get when missing and we are root.
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "make test-lab needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)"; exit 1; fi; \
+	fi
+
+# JupyterLab on 127.0.0.1 with a token, on a copy of the checkout; screenshots in _lab/. Not part of `make test`.
+test-lab: env chromium
+	@$(BIN)/python -c 'import selenium' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[lab]'
+	$(BIN)/python tests/lab/run_lab.py --out _lab nbs/02_nets.ipynb nbs/papers/toy/energy_landscapes.ipynb
 
 clean:
-	rm -rf nbs/_runs .pytest_cache
+	rm -rf nbs/_runs .pytest_cache _lab
