@@ -12,10 +12,11 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'PRESETS', 'check_choice', 'check_positive', 'check_int', 'pick_device', 'seed_everything',
-           'quiet', 'progress', 'parallel_map', 'register_preset', 'get_preset', 'show_config', 'repo_root', 'data_dir',
-           'atomic_path', 'atomic_write_text', 'remove_stale_temps', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'to_pm1', 'to_01', 'git_commit', 'versions', 'device_name', 'run_meta', 'check',
-           'markdown_table', 'write_results', 'results_dir', 'show_table']
+           'quiet', 'progress', 'parallel_map', 'run_protocol', 'seed_summary', 'register_preset', 'get_preset',
+           'show_config', 'repo_root', 'data_dir', 'atomic_path', 'atomic_write_text', 'remove_stale_temps',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'to_pm1', 'to_01', 'git_commit',
+           'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results', 'results_dir',
+           'show_table']
 
 # %% ../nbs/00_core.ipynb #8668665f
 SCALES = ("smoke", "quick", "gpu", "paper")
@@ -78,6 +79,47 @@ def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "ru
         return [fn(*job) for job in progress(jobs, desc=desc)]
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
         return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc))
+
+# %% ../nbs/00_core.ipynb #5fc7ddaf
+def _timed(fn, row: dict, seed: int, **shared) -> list[dict]:
+    t0 = time.time()
+    out = fn(row, seed, **shared)
+    return [{**r, "run_s": round(time.time() - t0, 1)} for r in (out if isinstance(out, list) else [out])]
+
+def run_protocol(fn, protocol: list[dict], workers: int = 2, device="cpu", desc: str = "runs", **shared) -> list[dict]:
+    "Run `fn(row, seed, device=..., **shared)` for each row of `protocol` and each of its `seeds`; a result row per run."
+    import functools
+    for r in protocol:
+        if not isinstance(r, dict): raise TypeError(f"A protocol is a list of dicts (one per table row), got {r!r}.")
+        for s in r.get("seeds", [0]): check_int("seed", s, 0)
+    jobs = [(r, s) for r in protocol for s in r.get("seeds", [0])]
+    dev = str(pick_device(device))
+    outs = parallel_map(functools.partial(_timed, fn, device=dev, **shared), [r for r, _ in jobs], [s for _, s in jobs],
+                        workers=workers, device=device, desc=desc)
+    keep = lambda d: {k: v for k, v in d.items() if k != "seeds" and not k.startswith("_")}
+    return [{**keep(r), "seed": s, **o} for (r, s), out in zip(jobs, outs) for o in out]
+
+def seed_summary(results: list[dict], by: list[str], metrics: list[str]) -> list[dict]:
+    "One row per value of `by`: each metric's mean over seeds and `<metric>_seed_std`, other numbers' means, the seeds."
+    groups = {}
+    for r in results: groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = dict(zip(by, key))
+        for m in metrics:
+            v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
+            row[m] = float(v.mean()) if len(v) else None
+            row[f"{m}_seed_std"] = float(v.std(ddof=1)) if len(v) > 1 else None
+        skip = set(by) | set(metrics) | {"seed"}
+        for k in dict.fromkeys(k for r in rs for k in r):
+            vals = [r.get(k) for r in rs]
+            if k in skip or k.startswith("_"): continue
+            if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in vals):
+                row[k] = float(np.mean(vals)) if len(set(vals)) > 1 else vals[0]
+            elif all(v == vals[0] for v in vals): row[k] = vals[0]
+        row["seeds"], row["n_seeds"] = [r.get("seed") for r in rs], len(rs)
+        out.append(row)
+    return out
 
 # %% ../nbs/00_core.ipynb #16911f84
 PRESETS: dict = {}

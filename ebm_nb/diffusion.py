@@ -314,7 +314,7 @@ def ddpm_sample(eps_net: nn.Module, shape: tuple, n: int, T: int, schedule: Sche
     "Ancestral DDPM sampling with T respaced steps (the last step noiseless)."
     return rollout(ddpm_sampler(eps_net, shape, T, schedule, last_sigma=0.0).to(next(eps_net.parameters()).device), n, generator)[-1]
 
-# %% ../nbs/13_diffusion.ipynb #9a25dd4f
+# %% ../nbs/13_diffusion.ipynb #65498dab
 @dataclass
 class DDPMConfig:
     "Hyperparameters of a DDPM (eps prediction, linear schedule)."
@@ -337,7 +337,7 @@ class DDPM:
         self.schedule = Schedule.linear(cfg.n_steps)
         net = SmallUNet(self.shape[0], self.shape[1], cfg.hidden) if self.images else TimeMLP(self.shape[0], self.shape[0], cfg.hidden, cfg.depth)
         self.net = net.to(self.device); self.nets = {"eps": self.net}
-        self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr)
+        self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.gen = generator or torch.Generator().manual_seed(0)
         self._ab = self.schedule.alpha_bar.float().to(self.device)
 
@@ -362,9 +362,9 @@ class DDPM:
     def load_state_dict(self, sd: dict):
         self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["opt"]); self.gen.set_state(sd["gen"])
 
-# %% ../nbs/13_diffusion.ipynb #d3361c91
-for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=3000),
-                    "gpu": dict(hidden=256, iters=10000, batch_size=1024), "paper": dict(hidden=256, iters=30000, batch_size=1024)}.items():
+# %% ../nbs/13_diffusion.ipynb #3b06c41a
+for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=20000),
+                    "gpu": dict(hidden=256, iters=20000, batch_size=1024), "paper": dict(hidden=256, iters=30000, batch_size=1024)}.items():
     register_preset("ddpm", _scale, "toy2d", DDPMConfig(**_kw))
 # images (SmallUNet base channels = hidden): CPU-sized below `gpu`; `paper` is the largest we would train ourselves
 for _scale, _kw in {"smoke": dict(hidden=8, iters=20, batch_size=32), "quick": dict(hidden=16, iters=1500, batch_size=64, lr=5e-4),
