@@ -17,11 +17,11 @@ from .data import TOY_BOUND, sha256
 
 # %% auto #0
 __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'gaussian_stats', 'frechet_distance',
-           'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'grid_centres', 'grid_log_density',
-           'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim', 'features_with', 'frechet_distance_with',
-           'FMNISTClassifier', 'fmnist_classifier_path', 'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist',
-           'kid_fmnist', 'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'toy_eval', 'FeatureStats',
-           'feature_stats', 'image_eval']
+           'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'fn_device', 'grid_centres',
+           'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim',
+           'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
+           'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
+           'inception_feature_fn', 'inception_fid', 'toy_eval', 'FeatureStats', 'feature_stats', 'image_eval']
 
 # %% ../nbs/04_metrics.ipynb #cdac9861
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -138,7 +138,7 @@ def sliced_w2(x, y, n_proj: int = 1000, seed: int = 0, block: int = 100) -> floa
     return float(np.sqrt(total / n_proj))
 
 # %% ../nbs/04_metrics.ipynb #f72e3596
-def _fn_device(fn) -> torch.device:
+def fn_device(fn) -> torch.device:
     "The device of `fn`'s parameters when it is an nn.Module (or a bound method of one), else the CPU."
     mod = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
     p = next(mod.parameters(), None) if isinstance(mod, nn.Module) else None
@@ -151,16 +151,16 @@ def grid_centres(bound: float = TOY_BOUND, n: int = 200) -> np.ndarray:
     return -bound + h * (np.arange(n) + 0.5)
 
 @torch.no_grad()
-def _on_grid(fn, xs: np.ndarray, name: str, batch_size: int = 10_000, device=None) -> np.ndarray:
+def on_grid(fn, xs: np.ndarray, name: str = "fn", batch_size: int = 10_000, device=None) -> np.ndarray:
     "Evaluate fn on all grid points (x, y) with x, y in xs; returns (n, n) float64, rows indexed by y."
     X, Y = np.meshgrid(xs, xs)
-    dev = _fn_device(fn) if device is None else torch.device(device)
+    dev = fn_device(fn) if device is None else torch.device(device)
     pts = torch.tensor(np.stack([X.ravel(), Y.ravel()], 1), dtype=torch.float32, device=dev)
     out = []
     for i in range(0, len(pts), batch_size):
         v = torch.as_tensor(fn(pts[i:i + batch_size]))
         if v.numel() != len(pts[i:i + batch_size]):
-            raise ValueError(f"{name} must return one value per point, shape (M,), got shape {tuple(v.shape)} for M={len(pts[i:i + batch_size])}.")
+            raise ValueError(f"{name} must return one value per point: one energy per point, shape (N,), got shape {tuple(v.shape)} for N={len(pts[i:i + batch_size])}.")
         out.append(v.reshape(-1).double().cpu())
     return torch.cat(out).numpy().reshape(len(xs), len(xs))
 
@@ -170,7 +170,7 @@ def _normalise(logits: np.ndarray, cell_area: float) -> np.ndarray:
 def grid_log_density(energy_fn, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None):
     "(xs, ys, log_p): log exp(-E)/Z at the centres of an n x n grid over [-bound, bound]^2, Z by the midpoint rule."
     xs = grid_centres(bound, n)
-    e = _on_grid(energy_fn, xs, "energy_fn", batch_size, device)
+    e = on_grid(energy_fn, xs, "energy_fn", batch_size, device)
     if not np.isfinite(e).all(): raise ValueError(f"energy_fn returned {np.sum(~np.isfinite(e))} non-finite energies on the grid; energies must be finite.")
     return xs, xs.copy(), _normalise(-e, (2 * bound / n) ** 2)
 
@@ -187,7 +187,7 @@ def grid_nll(energy_fn, x, bound: float = TOY_BOUND, n: int = 200, batch_size: i
 def grid_kl(energy_fn, log_p_fn, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None) -> float:
     "KL(p_data || p_model) on the grid; p_data from the (unnormalised) log-density `log_p_fn`, p_model = exp(-E)/Z."
     xs, _, log_q = grid_log_density(energy_fn, bound, n, batch_size, device)
-    lp = _on_grid(log_p_fn, xs, "log_p_fn", batch_size, device)
+    lp = on_grid(log_p_fn, xs, "log_p_fn", batch_size, device)
     if np.isnan(lp).any() or (lp == np.inf).any(): raise ValueError("log_p_fn returned NaN or +inf on the grid; it must be a log-density (-inf allowed).")
     area = (2 * bound / n) ** 2
     log_p = _normalise(lp, area)
@@ -258,7 +258,7 @@ def _images(x, name: str, shape: tuple | None = None) -> torch.Tensor:
 @torch.no_grad()
 def features_with(feature_fn, x, batch_size: int = 500) -> np.ndarray:
     "Features (N, d) float64 of `feature_fn` over batches of x, each batch moved to the device of feature_fn's module."
-    batch_size, dev, x = check_int("batch_size", batch_size), _fn_device(feature_fn), torch.as_tensor(x)
+    batch_size, dev, x = check_int("batch_size", batch_size), fn_device(feature_fn), torch.as_tensor(x)
     if len(x) == 0: raise ValueError("features_with got no images; pass at least 2.")
     out = [torch.as_tensor(feature_fn(x[i:i + batch_size].to(dev))).flatten(1).double().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy()

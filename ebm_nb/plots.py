@@ -12,6 +12,7 @@ import torch
 import matplotlib as mpl
 from .core import atomic_path, check_choice, check_positive, check_int
 from .data import TOY_BOUND
+from .metrics import grid_centres, on_grid
 
 def _pick_backend():
     "Agg when there is nowhere to show a window (no display, no IPython); otherwise leave matplotlib's choice alone."
@@ -171,25 +172,11 @@ def chain_strip(chain, path=None, every: int = 1, title: str | None = None, ener
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #8c0e7589
-def _device_of(fn, device):
-    "Where to evaluate `fn`: `device`, else its parameters' device, else CPU."
-    if device is not None: return torch.device(device)
-    p = next(iter(fn.parameters()), None) if isinstance(fn, torch.nn.Module) else None
-    return p.device if p is not None else torch.device("cpu")
-
 @torch.no_grad()
 def grid_energy(energy_fn: Callable, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None) -> np.ndarray:
-    "Energies (n, n) at the centres of an n x n grid over [-bound, bound]^2; row i is y, column j is x."
-    check_positive("bound", bound); check_int("n", n); check_int("batch_size", batch_size)
-    c = -bound + (torch.arange(n, dtype=torch.float32) + 0.5) * (2 * bound / n)
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    pts, dev, out = torch.stack([xx.ravel(), yy.ravel()], 1), _device_of(energy_fn, device), []
-    for chunk in pts.split(batch_size):
-        e = energy_fn(chunk.to(dev))
-        if not isinstance(e, torch.Tensor) or e.numel() != len(chunk):
-            raise ValueError(f"energy_fn must return one energy per point, shape (N,), got {getattr(e, 'shape', type(e).__name__)} for {len(chunk)} points.")
-        out.append(e.reshape(-1).float().cpu())
-    return torch.cat(out).reshape(n, n).numpy().astype(np.float64)
+    "Energies (n, n) at the centres of an n x n grid over [-bound, bound]^2; row i is y, column j is x (`metrics.on_grid`)."
+    check_int("batch_size", batch_size)
+    return on_grid(energy_fn, grid_centres(bound, n), "energy_fn", batch_size, device)
 
 def _density(E: np.ndarray, bound: float) -> np.ndarray:
     "exp(-E)/Z on the grid, Z by the midpoint rule; non-finite energies get density 0."
