@@ -171,11 +171,11 @@ class GCD:
         self.opt_value.load_state_dict(sd["opt_value"]); self.opt_sampler.load_state_dict(sd["opt_sampler"])
         self.s2 = None if sd["s2"] is None else sd["s2"].to(self.device); self.gen.set_state(sd["gen"])
 
-# %% ../nbs/14_gcd.ipynb #ff2b66ec
+# %% ../nbs/14_gcd.ipynb #dea9ee28
 for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=10000),
                     "gpu": dict(hidden=128, iters=10000), "paper": dict(hidden=256, iters=20000)}.items():
     register_preset("gcd", _scale, "toy2d", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-3, lr_sampler=1e-4,
-                                                      lr_sigma=1e-3, **_kw))
+                                                      lr_sigma=1e-3, sampler_batch=256, sampler_grad_clip=0.1, **_kw))
 
 # %% ../nbs/14_gcd.ipynb #b6cffe8c
 _image = dict(T=10, value="energy", time_cost="sigmoid", sampler="ddpm", fix_last=True, tau1=0.1, tau2=0.01, sampler_grad_clip=0.1)
