@@ -10,7 +10,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: test reproduce report lab test-lab chromium export env data sync clean
+.PHONY: test reproduce bench report lab test-lab chromium export env data sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: sync
 
 reproduce: env
 	$(BIN)/python -m ebm_nb.run --paper $(PAPER) --scale $(SCALE)
+
+# The benchmark notebook: our fast paths against plain eager loops in the same run (paper presets on a GPU, smoke on a CPU).
+bench: env
+	@scale=$$($(BIN)/python -c "import torch; print('paper' if torch.cuda.is_available() else 'smoke')"); \
+	  echo "benchmarks at scale $$scale"; $(BIN)/python -m ebm_nb.run --paper benchmarks --scale $$scale
 
 # The results index figures/README.md, from the committed figures/<paper>/*.json.
 report: env
