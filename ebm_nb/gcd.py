@@ -189,7 +189,7 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=30), "quick": dict(hidden=256
                     "gpu": dict(hidden=512, iters=5000), "paper": dict(hidden=512, iters=20000)}.items():
     register_preset("gcd", _scale, "fmnist_anomaly", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-4, lr_sampler=1e-4, lr_sigma=1e-4, **_kw))
 
-# %% ../nbs/14_gcd.ipynb #5c58fe65
+# %% ../nbs/14_gcd.ipynb #e98e6be8
 def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int = 50000, ema_decay: float = 0.999,
              device="cpu") -> tuple[DDPM, nn.Module]:
     "A DDPM trained with `T` steps (linear betas over T) on `toy`, and the EMA copy of its noise net, which is sampled."
@@ -202,7 +202,7 @@ def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int
 
 def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000, n_eval: int = 10000,
                n_samplings: int = 5, auc_box: float = 4.0, device="cpu") -> dict:
-    "One row of DxMI's Table 1 for one training seed: a DDPM trained with T steps, or DxMI (from scratch or a DDPM)."
+    "One row of DxMI's Table 1 for one seed: a DDPM trained with T steps, or DxMI (from scratch or a DDPM; its model as `_model`)."
     toy, method, over = row["toy"], check_choice("method", row["method"], ("DDPM", "DxMI")), dict(row.get("overrides", {}))
     score = lambda sample, energy: toy_eval(sample, energy, toy, n_eval, n_samplings, seed, auc_box)
     if method == "DDPM":
@@ -222,7 +222,7 @@ def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000,
     gen = torch.Generator().manual_seed(seed)
     m = GCD(cfg, (2,), sampler=sampler, device=device, generator=gen)
     train(m, data, cfg.iters, cfg.batch_size, generator=gen, desc=f"{toy} dxmi tau={row['tau']} {pre or 'scratch'}")
-    return {"iters": cfg.iters, "pretrain_iters": pre_iters, "lr_sampler": cfg.lr_sampler, **score(m.sample, m.energy)}
+    return {"iters": cfg.iters, "pretrain_iters": pre_iters, "lr_sampler": cfg.lr_sampler, **score(m.sample, m.energy), "_model": m}
 
 # %% ../nbs/14_gcd.ipynb #31791eb2
 IMAGE_DATASETS = ("fmnist", "cifar10")
