@@ -26,6 +26,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'ebm_nb.core._classes': ('core.html#_classes', 'ebm_nb/core.py'),
                              'ebm_nb.core._fmt': ('core.html#_fmt', 'ebm_nb/core.py'),
                              'ebm_nb.core._jsonable': ('core.html#_jsonable', 'ebm_nb/core.py'),
+                             'ebm_nb.core._load_presets': ('core.html#_load_presets', 'ebm_nb/core.py'),
                              'ebm_nb.core._state_of': ('core.html#_state_of', 'ebm_nb/core.py'),
                              'ebm_nb.core._timed': ('core.html#_timed', 'ebm_nb/core.py'),
                              'ebm_nb.core.atomic_path': ('core.html#atomic_path', 'ebm_nb/core.py'),

@@ -11,12 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['SCALES', 'DEVICES', 'PRESETS', 'check_choice', 'check_positive', 'check_int', 'pick_device', 'seed_everything',
-           'quiet', 'progress', 'parallel_map', 'run_protocol', 'seed_summary', 'register_preset', 'get_preset',
-           'show_config', 'repo_root', 'data_dir', 'atomic_path', 'atomic_write_text', 'remove_stale_temps',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'to_pm1', 'to_01', 'git_commit',
-           'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results', 'results_dir',
-           'show_table']
+__all__ = ['SCALES', 'DEVICES', 'PRESETS', 'PRESET_MODULES', 'check_choice', 'check_positive', 'check_int', 'pick_device',
+           'seed_everything', 'quiet', 'progress', 'parallel_map', 'run_protocol', 'seed_summary', 'register_preset',
+           'get_preset', 'show_config', 'repo_root', 'data_dir', 'atomic_path', 'atomic_write_text',
+           'remove_stale_temps', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'to_pm1', 'to_01',
+           'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results',
+           'results_dir', 'show_table']
 
 # %% ../nbs/00_core.ipynb #8668665f
 SCALES = ("smoke", "quick", "gpu", "paper")
@@ -121,7 +121,7 @@ def seed_summary(results: list[dict], by: list[str], metrics: list[str]) -> list
         out.append(row)
     return out
 
-# %% ../nbs/00_core.ipynb #16911f84
+# %% ../nbs/00_core.ipynb #c099a6bc
 PRESETS: dict = {}
 
 def register_preset(method: str, scale: str, dataset: str, cfg):
@@ -131,10 +131,24 @@ def register_preset(method: str, scale: str, dataset: str, cfg):
     PRESETS[(method, scale, dataset)] = cfg
     return cfg
 
+# The module that registers each method's presets: `get_preset` imports it on first use, so the presets exist
+# after `import ebm_nb` alone, whatever was imported before.
+PRESET_MODULES = {"cd": "ebm_nb.cd", "ddpm": "ebm_nb.diffusion", "gcd": "ebm_nb.gcd",
+                  "improved_cd": "ebm_nb.improved_cd", "dual_mcmc": "ebm_nb.dual_mcmc"}
+
+def _load_presets(method: str):
+    import importlib
+    mod = PRESET_MODULES.get(method)
+    if mod is not None and not any(m == method for m, _, _ in PRESETS):
+        try: importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod: raise   # a missing dependency of an existing module is a real error
+
 def get_preset(method: str, scale: str, dataset: str, **overrides):
     "A copy of the preset for `(method, scale, dataset)` with `overrides` applied."
     check_choice("scale", scale, SCALES)
     key = (method, scale, dataset)
+    if key not in PRESETS: _load_presets(method)
     if key not in PRESETS:
         known = sorted({(m, d) for m, s, d in PRESETS if s == scale})
         raise KeyError(f"No preset for method={method!r}, scale={scale!r}, dataset={dataset!r}; "
