@@ -268,11 +268,13 @@ def to_01(x: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/00_core.ipynb #0d1bf65e
 def git_commit(root=None) -> str:
-    "Short commit of the checkout (with `-dirty` when it has uncommitted changes), or 'unknown'."
+    "Short commit of the checkout (with `-dirty` when code, not results under figures/, has uncommitted changes), or 'unknown'."
     root = root or repo_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        # results a run writes itself (figures/) do not make the code dirty; any other tracked change does
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except Exception: return "unknown"
 
