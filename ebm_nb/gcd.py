@@ -241,7 +241,7 @@ def image_features(dataset: str, device="cpu"):
     check_choice("dataset", dataset, IMAGE_DATASETS)
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
 
-# %% ../nbs/14_gcd.ipynb #062e752d
+# %% ../nbs/14_gcd.ipynb #6e6ba0a2
 def image_ddpm(dataset: str, scale: str, data: Tensor | None = None, path=None, save_to=None, device="cpu", generator=None) -> DDPM:
     "The pretrained DDPM of the image table: loaded from checkpoint `path`, or trained on `data` (and saved to `save_to`)."
     from ebm_nb.core import load_checkpoint, save_checkpoint
@@ -262,10 +262,10 @@ def image_ddpm(dataset: str, scale: str, data: Tensor | None = None, path=None, 
     if save_to is not None: save_checkpoint(save_to, ddpm.cfg.iters, {"scale": scale, "dataset": dataset}, ddpm=ddpm)
     return ddpm
 
-def image_variant(name: str, T: int, eps_state: dict, dataset: str = "fmnist", scale: str = "quick", n_eval: int = 2000,
-                  guidance: float = 0.5, n_ref: int | None = None, n_show: int = 64, seed: int = 0, device="cpu") -> dict:
-    "Fine-tune the T-step sampler of a pretrained DDPM (weights `eps_state`) with DxMI ablation `name`; score it with and without value guidance."
-    check_choice("ablation", name, tuple(IMAGE_ABLATIONS))
+def image_variant(row: dict, seed: int, eps_state: dict, dataset: str = "fmnist", scale: str = "quick", n_eval: int = 2000,
+                  guidance: float = 0.5, n_ref: int | None = None, n_show: int = 64, device="cpu") -> list[dict]:
+    "One Table 2 row for one seed: fine-tune the `row['T']`-step sampler of a DDPM with ablation `row['method']`; score +- guidance."
+    name, T = check_choice("ablation", row["method"], tuple(IMAGE_ABLATIONS)), check_int("T", row["T"])
     x_train, x_ref = load_images(dataset, "train"), load_images(dataset, "test")[:n_ref]
     shape, gen = tuple(x_train.shape[1:]), seed_everything(seed)  # nets too: a worker process may run several jobs
     ddpm = DDPM(get_preset("ddpm", scale, dataset), shape, device, gen)
@@ -279,15 +279,16 @@ def image_variant(name: str, T: int, eps_state: dict, dataset: str = "fmnist", s
         keep = lambda i, x: shown.append(x[:n_show]) if i == 0 else None   # the first chunk's samples, for the figure
         scores = image_eval(lambda k: m.sample(k, guidance=lam), n_eval, ref, feats, IMAGE_METRIC[dataset], chunk_fn=keep)
         rows.append({"method": name, "T": T, "guidance": lam, "iters": cfg.iters, **scores})
-    return {"rows": rows, "samples": shown[-1], "history": hist}
+    return [{**r, "_samples": shown[-1], "_history": hist} for r in rows]
 
-# %% ../nbs/14_gcd.ipynb #db80a029
+# %% ../nbs/14_gcd.ipynb #29878f07
 def fmnist_vectors(x: Tensor) -> Tensor:
     "uint8 Fashion-MNIST images (N, 28, 28) -> 784-d vectors in [-1, 1]."
     return to_float(x).flatten(1) * 2 - 1
 
-def anomaly_class(held_out: int, tau: float, scale: str = "quick", seed: int = 0, device="cpu", n_train: int | None = None) -> dict:
-    "Train DxMI on Fashion-MNIST without class `held_out`; AUROC of the energy separating normal test images from that class."
+def anomaly_class(row: dict, seed: int, scale: str = "quick", device="cpu", n_train: int | None = None) -> dict:
+    "One anomaly row for one seed: DxMI on Fashion-MNIST without class `row['held_out']` at `row['tau']`; the energy's AUROC."
+    held_out, tau = row["held_out"], row["tau"]
     check_choice("held_out", held_out, tuple(range(10)), hint="Fashion-MNIST classes are 0..9.")
     check_positive("tau", tau, zero_ok=True)
     (x, y), (xt, yt) = load_fashion_mnist("train"), load_fashion_mnist("test")
