@@ -194,7 +194,7 @@ class _ICDBranch(nn.Module):
         for b in self.blocks: h = b(h, y) if isinstance(b, ICDResBlock) else b(h)
         return self.head(nn.functional.silu(h).mean((2, 3))).squeeze(-1)
 
-# %% ../nbs/02_nets.ipynb #5b990663
+# %% ../nbs/02_nets.ipynb #4c9c2ff9
 class MultiScaleEnergy(nn.Module):
     "Improved CD's energy: branches on x, pool(x), pool(pool(x)); `forward` sums the scales (N,), `scale_energies` (N, S)."
     def __init__(self, in_ch: int = 3, size: int = 32, filter_dim: int = 64, scales: int = 3, self_attn: bool = True,
@@ -205,6 +205,9 @@ class MultiScaleEnergy(nn.Module):
         check_choice("scales", scales, (1, 2, 3)); check_choice("layout", layout, ICD_LAYOUTS)
         if n_classes is not None: check_int("n_classes", n_classes)
         spec = _ICD_LAYOUTS[layout]
+        low = {"cifar": 16, "celeba": 64}[layout]   # the deepest blocks then see >= 2x2 pixels (instance norm zeroes 1x1)
+        if size < low: raise ValueError(f"MultiScaleEnergy(layout={layout!r}) needs images of at least {low}x{low}, got size={size}; "
+                                        "its deepest blocks would see 1x1 maps, which instance norm turns into constants.")
         # the paper's CelebA code builds its mid and small branches without norm and spectral norm flags
         plain = layout == "celeba"
         self.branches = nn.ModuleList(
