@@ -16,7 +16,7 @@ from .sampling import BUFFER_POLICIES, ChainBuffer, from_buffer, from_noise, fro
 from .training import EMA, train
 
 # %% auto #0
-__all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit']
+__all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit', 'run_variant']
 
 # %% ../nbs/11_improved_cd.ipynb #81e4aabb
 ICD_NET_KINDS = ("multiscale", "mlp")
@@ -237,7 +237,7 @@ def fit(method: ImprovedCD, data, iters: int | None = None, *, generator: torch.
     return train(method, data, iters or c.iters, c.batch_size, generator=generator, ckpt_path=ckpt_path, ckpt_every=ckpt_every,
                  log_every=log_every, energy_bound=c.energy_bound, ema={"ema_energy": method.ema}, callback=callback, desc=desc)
 
-# %% ../nbs/11_improved_cd.ipynb #1b64b7f1
+# %% ../nbs/11_improved_cd.ipynb #2828d745
 _TOY = dict(net="mlp", multiscale=False, augment=False, uint8=False, dequantize=False, lr=1e-3, step_size=0.01, noise=0.005,
             buffer_policy="fifo", entropy_min_buffer=1000)
 for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20, buffer_size=2000),
@@ -247,9 +247,9 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20
     register_preset("improved_cd", _scale, "toy2d", ImprovedCDConfig(**_TOY, **_kw))
 
 _FM = dict(buffer_policy="fifo", reinit_prob=0.001)
-for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=30, batch_size=32, steps=10, buffer_size=1000,
+for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=20, batch_size=32, steps=10, buffer_size=1000,
                                   entropy_min_buffer=200, entropy_refs=50),
-                    "quick": dict(net_preset="fmnist_tiny", iters=400, batch_size=64, steps=20, buffer_size=10000),
+                    "quick": dict(net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500),
                     "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
                     "paper": dict(net_preset="cifar10", iters=20000, batch_size=128, steps=40, buffer_size=10000,
                                   buffer_policy="reservoir", reinit_prob=0.05)}.items():
@@ -260,3 +260,49 @@ _PAPER = dict(iters=20000, batch_size=128, steps=40, noise=0.001, buffer_size=10
 register_preset("improved_cd", "paper", "cifar10", ImprovedCDConfig(net_preset="cifar10", step_size=100.0, **_PAPER))
 register_preset("improved_cd", "paper", "celeba128",
                 ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER))
+
+# %% ../nbs/11_improved_cd.ipynb #03f91532
+def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 0, overrides: dict | None = None,
+                n_eval: int = 0, n_ref: int | None = None, ood_n: int = 0, n_train: int | None = None, device="cpu",
+                log_every: int = 10) -> dict:
+    "Train the `ablation` of the `scale`/`dataset` preset; {'row', 'history', 'samples', 'energies'} for a paper table."
+    import time
+    from ebm_nb.core import get_preset, seed_everything
+    from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
+    from ebm_nb.metrics import energy_auroc, feature_stats, image_eval, load_fmnist_classifier
+    from ebm_nb.training import TrainingDiverged
+    check_choice("dataset", dataset, ("fmnist",), hint="the CIFAR-10 / CelebA rows run from the paper presets on a GPU.")
+    cfg = ablate(get_preset("improved_cd", scale, dataset), ablation, **(overrides or {}))
+    dev = pick_device(device); g = seed_everything(seed)
+    x_train = to_float(load_fashion_mnist("train")[0][:n_train])
+    m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
+    row = {"ablation": ablation, "seed": seed, "iters": cfg.iters, "kl": cfg.kl, "entropy": cfg.entropy, "augment": cfg.augment,
+           "multiscale": cfg.multiscale, "spectral_norm": cfg.spectral_norm, "self_attn": cfg.self_attn}
+    t0, out = time.time(), {"samples": None, "energies": {}}
+    try:
+        out["history"] = fit(m, x_train, generator=g, log_every=log_every, desc=f"{ablation} seed {seed}")
+        row.update(diverged=False, diverged_at=None)
+    except TrainingDiverged as e:
+        out["history"] = []
+        row.update(diverged=True, diverged_at=e.iteration)
+    row["train_s"] = round(time.time() - t0, 1)
+    if row["diverged"]: return {"row": row, **out}
+    sample = lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2))
+    if n_eval:
+        x_ref = to_float(load_fashion_mnist("test")[0][:n_ref])
+        feats = load_fmnist_classifier(dev).features
+        shown = []
+        scores = image_eval(sample, n_eval, feature_stats(feats, x_ref), feats, "fd_fmnist",
+                            chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None)
+        row.update(scores); out["samples"] = shown[0]
+    if ood_n:
+        x_test = to_float(load_fashion_mnist("test")[0])
+        gen = torch.Generator().manual_seed(seed + 3)
+        x_in = x_test[torch.randperm(len(x_test), generator=gen)[:ood_n]]
+        with torch.no_grad():
+            en = lambda x: torch.cat([m.energy(c, ema=True).cpu() for c in x.split(500)])
+            out["energies"]["fmnist_test"] = e_in = en(x_in)
+            for name, x_out in ood_sets(x_test, ood_n, gen).items():
+                out["energies"][name] = e_out = en(x_out)
+                row[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
+    return {"row": row, **out}
