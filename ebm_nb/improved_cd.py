@@ -237,7 +237,7 @@ def fit(method: ImprovedCD, data, iters: int | None = None, *, generator: torch.
     return train(method, data, iters or c.iters, c.batch_size, generator=generator, ckpt_path=ckpt_path, ckpt_every=ckpt_every,
                  log_every=log_every, energy_bound=c.energy_bound, ema={"ema_energy": method.ema}, callback=callback, desc=desc)
 
-# %% ../nbs/11_improved_cd.ipynb #2828d745
+# %% ../nbs/11_improved_cd.ipynb #0497c25a
 _TOY = dict(net="mlp", multiscale=False, augment=False, uint8=False, dequantize=False, lr=1e-3, step_size=0.01, noise=0.005,
             buffer_policy="fifo", entropy_min_buffer=1000)
 for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20, buffer_size=2000),
@@ -247,7 +247,7 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20
     register_preset("improved_cd", _scale, "toy2d", ImprovedCDConfig(**_TOY, **_kw))
 
 _FM = dict(buffer_policy="fifo", reinit_prob=0.001)
-for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=20, batch_size=32, steps=10, buffer_size=1000,
+for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=10, batch_size=16, steps=10, buffer_size=1000,
                                   entropy_min_buffer=200, entropy_refs=50),
                     "quick": dict(net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500),
                     "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
