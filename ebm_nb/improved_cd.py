@@ -237,7 +237,7 @@ def fit(method: ImprovedCD, data, iters: int | None = None, *, generator: torch.
     return train(method, data, iters or c.iters, c.batch_size, generator=generator, ckpt_path=ckpt_path, ckpt_every=ckpt_every,
                  log_every=log_every, energy_bound=c.energy_bound, ema={"ema_energy": method.ema}, callback=callback, desc=desc)
 
-# %% ../nbs/11_improved_cd.ipynb #0497c25a
+# %% ../nbs/11_improved_cd.ipynb #75e80fc2
 _TOY = dict(net="mlp", multiscale=False, augment=False, uint8=False, dequantize=False, lr=1e-3, step_size=0.01, noise=0.005,
             buffer_policy="fifo", entropy_min_buffer=1000)
 for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20, buffer_size=2000),
@@ -248,7 +248,7 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20
 
 _FM = dict(buffer_policy="fifo", reinit_prob=0.001)
 for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=10, batch_size=16, steps=10, buffer_size=1000,
-                                  entropy_min_buffer=200, entropy_refs=50),
+                                  entropy_min_buffer=100, entropy_refs=50),
                     "quick": dict(net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500),
                     "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
                     "paper": dict(net_preset="cifar10", iters=20000, batch_size=128, steps=40, buffer_size=10000,
@@ -261,7 +261,7 @@ register_preset("improved_cd", "paper", "cifar10", ImprovedCDConfig(net_preset="
 register_preset("improved_cd", "paper", "celeba128",
                 ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER))
 
-# %% ../nbs/11_improved_cd.ipynb #03f91532
+# %% ../nbs/11_improved_cd.ipynb #1a24b6bf
 def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 0, overrides: dict | None = None,
                 n_eval: int = 0, n_ref: int | None = None, ood_n: int = 0, n_train: int | None = None, device="cpu",
                 log_every: int = 10) -> dict:
@@ -278,12 +278,11 @@ def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 
     m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
     row = {"ablation": ablation, "seed": seed, "iters": cfg.iters, "kl": cfg.kl, "entropy": cfg.entropy, "augment": cfg.augment,
            "multiscale": cfg.multiscale, "spectral_norm": cfg.spectral_norm, "self_attn": cfg.self_attn}
-    t0, out = time.time(), {"samples": None, "energies": {}}
-    try:
-        out["history"] = fit(m, x_train, generator=g, log_every=log_every, desc=f"{ablation} seed {seed}")
+    t0, out = time.time(), {"samples": None, "energies": {}, "history": []}
+    try:   # the callback keeps the logged rows of a run that the guard stops
+        fit(m, x_train, generator=g, log_every=log_every, desc=f"{ablation} seed {seed}", callback=lambda i, h: out["history"].append(h))
         row.update(diverged=False, diverged_at=None)
     except TrainingDiverged as e:
-        out["history"] = []
         row.update(diverged=True, diverged_at=e.iteration)
     row["train_s"] = round(time.time() - t0, 1)
     if row["diverged"]: return {"row": row, **out}
