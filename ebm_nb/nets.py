@@ -11,7 +11,8 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from .core import check_choice, check_int
 
 # %% auto #0
-__all__ = ['ACTS', 'IMAGE_SIZES', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator', 'ConvEncoder']
+__all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator',
+           'ConvEncoder', 'WSConv2d', 'SelfAttention', 'ICDResBlock', 'MultiScaleEnergy', 'icd_energy']
 
 # %% ../nbs/02_nets.ipynb #c91e0109
 ACTS = {"swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2)}
@@ -112,3 +113,130 @@ class ConvEncoder(nn.Module):
         _check_input(f"ConvEncoder(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
         mu, logvar = self.head(self.trunk(2 * x - 1).flatten(1)).chunk(2, dim=1)
         return mu, logvar
+
+# %% ../nbs/02_nets.ipynb #1827fcf1
+class WSConv2d(nn.Conv2d):
+    "A conv whose weight is standardised per output channel at each call (mean 0, unbiased std 1 over in, kh, kw)."
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+class SelfAttention(nn.Module):
+    "SAGAN self-attention on (N, C, H, W): gamma * softmax(q k^T) v + x, gamma starting at 0."
+    def __init__(self, c: int):
+        super().__init__()
+        self.q, self.k, self.v = nn.Conv2d(c, c // 8, 1), nn.Conv2d(c, c // 8, 1), nn.Conv2d(c, c, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.q(x).flatten(2), self.k(x).flatten(2), self.v(x).flatten(2)
+        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)                      # (N, HW, HW)
+        return self.gamma * (v @ attn.transpose(1, 2)).view(n, c, h, w) + x
+
+def _icd_norm(c: int) -> nn.GroupNorm: return nn.GroupNorm(c if c <= 128 else 32, c)
+
+# %% ../nbs/02_nets.ipynb #59f044ae
+class ICDResBlock(nn.Module):
+    "Improved CD's residual block: (WS-conv, norm, FiLM, swish) x 2, optional skip, optional conv + avg-pool downsampling."
+    def __init__(self, f: int, down: bool = False, rescale: bool = False, spectral_norm: bool = False,
+                 n_classes: int | None = None, residual: bool = False, norm: bool = True):
+        super().__init__()
+        conv = (lambda: _spectral_norm(nn.Conv2d(f, f, 3, 1, 1))) if spectral_norm else (lambda: WSConv2d(f, f, 3, 1, 1))
+        self.conv1, self.conv2 = conv(), conv()
+        self.norm1, self.norm2 = (_icd_norm(f), _icd_norm(f)) if norm else (nn.Identity(), nn.Identity())
+        self.film = nn.ModuleList([nn.Linear(n_classes, 2 * f) for _ in range(2)]) if n_classes else None
+        self.act, self.residual = nn.SiLU(), residual
+        self.down = nn.Sequential(nn.Conv2d(f, 2 * f if rescale else f, 3, 1, 1), nn.AvgPool2d(3, 2, 1), nn.SiLU()) if down else None
+        self.out_ch = 2 * f if (down and rescale) else f
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x
+        for i, (conv, norm) in enumerate(((self.conv1, self.norm1), (self.conv2, self.norm2))):
+            h = norm(conv(h))
+            if self.film is not None and y is not None:
+                gain, bias = self.film[i](y).chunk(2, dim=1)
+                h = gain[..., None, None] * h + bias[..., None, None]
+            h = self.act(h)
+        if self.residual: h = h + x
+        return h if self.down is None else self.down(h)
+
+# %% ../nbs/02_nets.ipynb #07bbd3ae
+# (in_ch of each block as a multiple of filter_dim, down, rescale); "attn" marks where self-attention goes
+_ICD_LAYOUTS = {
+    "cifar": {"full": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), "attn", (2, 0, 0), (2, 1, 1), (4, 0, 0), (4, 1, 1)],
+              "mid": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
+              "small": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1)]},
+    "celeba": {"full": [(0.5, 1, 1), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), "attn", (4, 0, 0), (4, 1, 1)],
+               "mid": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
+               "small": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1)]}}
+ICD_LAYOUTS = tuple(_ICD_LAYOUTS)
+
+class _ICDBranch(nn.Module):
+    "One scale of the multi-scale energy: stem conv, blocks (and attention), swish, mean pool, linear."
+    def __init__(self, in_ch, f, layout, self_attn, spectral_norm, n_classes, residual, norm):
+        super().__init__()
+        c0 = int(layout[0][0] * f)
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, c0, 3, 1, 1), nn.SiLU())
+        blocks = []
+        for spec in layout:
+            if spec == "attn":
+                if self_attn: blocks.append(SelfAttention(c))
+                continue
+            c = int(spec[0] * f)
+            blocks.append(ICDResBlock(c, bool(spec[1]), bool(spec[2]), spectral_norm, n_classes, residual, norm))
+            c = blocks[-1].out_ch
+        self.blocks, self.head = nn.ModuleList(blocks), nn.Linear(c, 1)
+
+    def forward(self, x, y=None):
+        h = self.stem(x)
+        for b in self.blocks: h = b(h, y) if isinstance(b, ICDResBlock) else b(h)
+        return self.head(nn.functional.silu(h).mean((2, 3))).squeeze(-1)
+
+# %% ../nbs/02_nets.ipynb #4c9c2ff9
+class MultiScaleEnergy(nn.Module):
+    "Improved CD's energy: branches on x, pool(x), pool(pool(x)); `forward` sums the scales (N,), `scale_energies` (N, S)."
+    def __init__(self, in_ch: int = 3, size: int = 32, filter_dim: int = 64, scales: int = 3, self_attn: bool = True,
+                 spectral_norm: bool = False, n_classes: int | None = None, residual: bool = False,
+                 layout: str = "cifar", norm: bool = True):
+        super().__init__()
+        check_int("in_ch", in_ch); check_int("size", size, 4); check_int("filter_dim", filter_dim, 8)
+        check_choice("scales", scales, (1, 2, 3)); check_choice("layout", layout, ICD_LAYOUTS)
+        if n_classes is not None: check_int("n_classes", n_classes)
+        spec = _ICD_LAYOUTS[layout]
+        low = {"cifar": 16, "celeba": 64}[layout]   # the deepest blocks then see >= 2x2 pixels (instance norm zeroes 1x1)
+        if size < low: raise ValueError(f"MultiScaleEnergy(layout={layout!r}) needs images of at least {low}x{low}, got size={size}; "
+                                        "its deepest blocks would see 1x1 maps, which instance norm turns into constants.")
+        # the paper's CelebA code builds its mid and small branches without norm and spectral norm flags
+        plain = layout == "celeba"
+        self.branches = nn.ModuleList(
+            [_ICDBranch(in_ch, filter_dim, spec[name], self_attn and name == "full", spectral_norm and not (plain and i),
+                        n_classes, residual, norm or (plain and i > 0)) for i, name in enumerate(("full", "mid", "small")[:scales])])
+        self.pool = nn.AvgPool2d(3, 2, 1)
+        self.in_ch, self.size, self.scales, self.n_classes = in_ch, size, scales, n_classes
+
+    def scale_energies(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        "Energies per scale, (N, scales): full resolution first."
+        _check_input(f"MultiScaleEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
+        if y is not None and (self.n_classes is None or tuple(y.shape) != (len(x), self.n_classes)):
+            raise ValueError(f"MultiScaleEnergy(n_classes={self.n_classes}) needs one-hot labels of shape "
+                             f"({len(x)}, {self.n_classes}), got {tuple(y.shape)}; build it with n_classes to condition.")
+        out = []
+        for b in self.branches:
+            out.append(b(x, y)); x = self.pool(x)
+        return torch.stack(out, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale_energies(x, y).sum(1)
+
+# %% ../nbs/02_nets.ipynb #33ea6a51
+ICD_NETS = {"fmnist_tiny": dict(in_ch=1, size=28, filter_dim=8),
+            "fmnist_small": dict(in_ch=1, size=28, filter_dim=16),
+            "cifar10": dict(in_ch=3, size=32, filter_dim=64),
+            "celeba128": dict(in_ch=3, size=128, filter_dim=128, layout="celeba")}
+
+def icd_energy(name: str, **overrides) -> MultiScaleEnergy:
+    "The multi-scale energy preset `name` (`ICD_NETS`), with keyword `overrides`."
+    check_choice("net preset", name, tuple(ICD_NETS))
+    return MultiScaleEnergy(**{**ICD_NETS[name], **overrides})

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from .core import check_choice, check_positive, check_int
 
 # %% auto #0
-__all__ = ['AUGMENTATIONS', 'langevin_step', 'frozen', 'langevin', 'ChainRecorder', 'ReplayBuffer', 'from_noise', 'from_data',
-           'from_buffer', 'from_generator', 'from_encoder', 'augment', 'nn_entropy']
+__all__ = ['AUGMENTATIONS', 'BUFFER_POLICIES', 'langevin_step', 'frozen', 'langevin', 'ChainRecorder', 'ReplayBuffer',
+           'from_noise', 'from_data', 'from_buffer', 'from_generator', 'from_encoder', 'augment', 'nn_entropy',
+           'ChainBuffer', 'paper_augment']
 
 # %% ../nbs/03_sampling.ipynb #46e907af
 def _num(name: str, value, zero_ok: bool = False):
@@ -248,3 +249,150 @@ def nn_entropy(x: torch.Tensor, bank: torch.Tensor, eps: float = 1e-8) -> torch.
     "Mean over i of log(distance from x_i to its nearest neighbour in `bank`), on flattened samples."
     d = torch.cdist(x.flatten(1), bank.detach().flatten(1).to(x))
     return (d.min(1).values + eps).log().mean()
+
+# %% ../nbs/03_sampling.ipynb #0c18dd29
+BUFFER_POLICIES = ("fifo", "reservoir")
+
+class ChainBuffer:
+    "Improved CD's sample store: draws with replacement, appends new samples (FIFO or reservoir), optional uint8 storage."
+    def __init__(self, capacity: int, init_fn: Callable, reinit_prob: float = 0.001, policy: str = "reservoir",
+                 uint8: bool = False, device="cpu"):
+        self.capacity = check_int("capacity", capacity, 1)
+        if not 0 <= reinit_prob <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {reinit_prob!r}.")
+        self.policy = check_choice("buffer policy", policy, BUFFER_POLICIES)
+        self.init_fn, self.reinit_prob, self.uint8, self.device = init_fn, reinit_prob, bool(uint8), torch.device(device)
+        self.data, self.size, self.seen, self.ptr = None, 0, 0, 0
+
+    def __len__(self) -> int: return self.size
+
+    def _store(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to(self.device)
+        return (x.clamp(0, 1) * 255).to(torch.uint8) if self.uint8 else x
+
+    def _read(self, d: torch.Tensor, generator) -> torch.Tensor:
+        return (d.float() + _rand(d.shape, generator, self.device)) / 256 if self.uint8 else d
+
+    def add(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        "Append `x` (N, ...): FIFO overwrites the oldest; reservoir, once full, keeps each new one with prob capacity/t."
+        x = self._store(x); n = len(x)
+        if self.data is None:  # one spare row absorbs the reservoir's rejected writes (no boolean indexing, no sync)
+            self.data = torch.zeros((self.capacity + 1, *x.shape[1:]), dtype=x.dtype, device=self.device)
+        if x.shape[1:] != self.data.shape[1:]:
+            raise ValueError(f"Samples of shape {tuple(x.shape[1:])} do not fit a buffer of shape {tuple(self.data.shape[1:])}.")
+        room = min(n, self.capacity - self.size) if self.policy == "reservoir" else n
+        if room:  # plain appends (FIFO always; reservoir while filling)
+            idx = (self.ptr + torch.arange(room, device=self.device)) % self.capacity
+            self.data[idx] = x[:room]; self.ptr = (self.ptr + room) % self.capacity
+        if room < n:  # reservoir insertions of the rest
+            t = self.seen + room + 1 + torch.arange(n - room, device=self.device)
+            keep = _rand(n - room, generator, self.device) * t < self.capacity
+            slot = (_rand(n - room, generator, self.device) * self.capacity).long().clamp(max=self.capacity - 1)
+            self.data[torch.where(keep, slot, self.capacity)] = x[room:]
+        self.size, self.seen = min(self.capacity, self.size + n), self.seen + n
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        "`n` stored samples drawn uniformly with replacement (dequantised when uint8)."
+        check_int("n", n, 1)
+        if self.size == 0: raise ValueError("Cannot draw from an empty ChainBuffer; add samples first.")
+        idx = (_rand(n, generator, self.device) * self.size).long().clamp(max=self.size - 1)
+        return self._read(self.data[idx], generator)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, reinit_prob: float | None = None,
+               return_fresh: bool = False):
+        "(x, slots[, fresh]) as `ReplayBuffer.sample`: fresh chains (prob `reinit_prob`, all while size < n) are `init_fn` noise."
+        check_int("n", n, 1)
+        p = self.reinit_prob if reinit_prob is None else reinit_prob
+        if not 0 <= p <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {p!r}.")
+        new = self.init_fn(n, generator).to(self.device)
+        if self.size < n:
+            fresh = torch.ones(n, dtype=torch.bool, device=self.device)
+            idx = torch.full((n,), -1, device=self.device)
+            return (new, idx, fresh) if return_fresh else (new, idx)
+        idx = (_rand(n, generator, self.device) * self.size).long().clamp(max=self.size - 1)
+        fresh = _rand(n, generator, self.device) < p
+        x = torch.where(fresh.view(-1, *[1] * (new.dim() - 1)), new, self._read(self.data[idx], generator).to(new.dtype))
+        return (x, idx, fresh) if return_fresh else (x, idx)
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "policy": self.policy, "uint8": self.uint8, "data": self.data,
+                "size": self.size, "seen": self.seen, "ptr": self.ptr}
+
+    def load_state_dict(self, sd: dict) -> None:
+        "Restore from `state_dict()` (a copy)."
+        if (sd["capacity"], sd["policy"], sd["uint8"]) != (self.capacity, self.policy, self.uint8):
+            raise ValueError(f"A {sd['policy']} buffer of capacity {sd['capacity']} (uint8={sd['uint8']}) cannot be loaded into a "
+                             f"{self.policy} buffer of capacity {self.capacity} (uint8={self.uint8}); build it with the same settings.")
+        self.data = None if sd["data"] is None else sd["data"].to(self.device, copy=True)
+        self.size, self.seen, self.ptr = int(sd["size"]), int(sd["seen"]), int(sd["ptr"])
+
+# %% ../nbs/03_sampling.ipynb #e9f24894
+def _rrc_grid(n, h, w, scale, ratio, generator, dev, flip=True):
+    "Per-image affine grids of random resized crops (box area fraction in `scale`, aspect in `ratio`)."
+    u = _rand((5, n), generator, dev)
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
+    r = torch.minimum(torch.maximum(logr.exp(), area), 1 / area)                      # clipped so the box fits
+    bw, bh = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)   # box size as a fraction of the side
+    cx, cy = (2 * u[2] - 1) * (1 - bw), (2 * u[3] - 1) * (1 - bh)                     # centre, box inside the image
+    sx = torch.where((u[4] < 0.5) & flip, -bw, bw)                                            # the horizontal flip, folded in
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, bh, cy
+    return F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+
+def _gray(x): return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True) if x.shape[1] == 3 else x
+
+def _hue(x, shift):
+    "Rotate the chroma (I, Q) plane of YIQ by `shift` turns (N,) -- an approximation of an HSV hue shift."
+    m = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq = torch.einsum("ij,njhw->nihw", m, x)
+    a = 2 * math.pi * shift.view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], i * a.cos() - q * a.sin(), i * a.sin() + q * a.cos()], 1)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(m), yiq)
+
+def _jitter(x, s, generator):
+    "Colour jitter with per-image factors and a per-image random order of the four ops."
+    n, dev = len(x), x.device
+    b, c, sat = (1 + 0.8 * s * (2 * _rand((3, n), generator, dev) - 1)).clamp(min=0).view(3, n, 1, 1, 1)
+    hue = 0.4 * s * (2 * _rand(n, generator, dev) - 1)
+    order = _rand((n, 4), generator, dev).argsort(1)                 # a random permutation per image
+    for k in range(4):
+        op = order[:, k].view(n, 1, 1, 1)
+        gray = _gray(x)
+        cand = [x * b, (x - gray.mean((1, 2, 3), keepdim=True)) * c + gray.mean((1, 2, 3), keepdim=True),
+                (x - gray) * sat + gray, _hue(x, hue) if x.shape[1] == 3 else x]
+        x = sum(torch.where(op == j, cand[j], 0) for j in range(4)).clamp(0, 1)
+    return x
+
+def _blur(x, kernel, generator):
+    "Gaussian blur with sigma ~ U(0.1, 2) per image (depthwise, reflect padding)."
+    n, ch, h, w = x.shape
+    sigma = (0.1 + 1.9 * _rand(n, generator, x.device)).view(n, 1)
+    t = torch.arange(kernel, device=x.device) - (kernel - 1) / 2
+    k1 = (-(t ** 2) / (2 * sigma ** 2)).exp(); k1 = k1 / k1.sum(1, keepdim=True)      # (n, k)
+    xp = F.pad(x.reshape(1, n * ch, h, w), (kernel // 2,) * 4, mode="reflect")
+    kx = k1.repeat_interleave(ch, 0)
+    xp = F.conv2d(xp, kx.view(n * ch, 1, 1, kernel), groups=n * ch)
+    return F.conv2d(xp, kx.view(n * ch, 1, kernel, 1), groups=n * ch).view(n, ch, h, w)
+
+def paper_augment(x: torch.Tensor, generator: torch.Generator | None = None, crop_scale: tuple = (0.08, 1.0),
+                  color: float = 1.0, p_color: float = 0.8, p_gray: float = 0.2, blur: int | None = None,
+                  flip: bool = True) -> torch.Tensor:
+    "Improved CD's transition per image of `x` (N, C, H, W) in [0,1]: resized crop, flip, colour jitter, greyscale, blur."
+    if x.dim() != 4: raise ValueError(f"paper_augment expects images (N, C, H, W), got shape {tuple(x.shape)}.")
+    if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1):
+        raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}.")
+    check_positive("color", color, zero_ok=True)
+    if blur is not None and not (isinstance(blur, int) and blur >= 3 and blur % 2 == 1):
+        raise ValueError(f"blur must be None or an odd kernel size >= 3, got {blur!r}.")
+    x = x.detach().float(); n, c, h, w = x.shape; dev = x.device
+    grid = _rrc_grid(n, h, w, crop_scale, (3 / 4, 4 / 3), generator, dev, flip)   # the flip is folded into the grid
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if color > 0:
+        on = (_rand(n, generator, dev) < p_color).view(n, 1, 1, 1)
+        x = torch.where(on, _jitter(x, color, generator), x)
+    if c == 3:
+        x = torch.where((_rand(n, generator, dev) < p_gray).view(n, 1, 1, 1), _gray(x).expand_as(x), x)
+    if blur is not None:
+        x = torch.where((_rand(n, generator, dev) < 0.5).view(n, 1, 1, 1), _blur(x, blur, generator), x)
+    return x.clamp(0, 1).contiguous()
