@@ -355,6 +355,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ebm_nb.sampling.frozen': ('sampling.html#frozen', 'ebm_nb/sampling.py'),
                                  'ebm_nb.sampling.langevin': ('sampling.html#langevin', 'ebm_nb/sampling.py'),
                                  'ebm_nb.sampling.langevin_step': ('sampling.html#langevin_step', 'ebm_nb/sampling.py'),
+                                 'ebm_nb.sampling.latent_energy': ('sampling.html#latent_energy', 'ebm_nb/sampling.py'),
                                  'ebm_nb.sampling.nn_entropy': ('sampling.html#nn_entropy', 'ebm_nb/sampling.py')},
             'ebm_nb.training': { 'ebm_nb.training.EMA': ('training.html#ema', 'ebm_nb/training.py'),
                                  'ebm_nb.training.EMA.__call__': ('training.html#ema.__call__', 'ebm_nb/training.py'),

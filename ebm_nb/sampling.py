@@ -12,7 +12,7 @@ from .core import check_choice, check_positive, check_int
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'langevin_step', 'frozen', 'langevin', 'ChainRecorder', 'ReplayBuffer', 'from_noise', 'from_data',
-           'from_buffer', 'from_generator', 'from_encoder', 'augment', 'nn_entropy']
+           'from_buffer', 'from_generator', 'from_encoder', 'augment', 'nn_entropy', 'latent_energy']
 
 # %% ../nbs/03_sampling.ipynb #46e907af
 def _num(name: str, value, zero_ok: bool = False):
@@ -248,3 +248,16 @@ def nn_entropy(x: torch.Tensor, bank: torch.Tensor, eps: float = 1e-8) -> torch.
     "Mean over i of log(distance from x_i to its nearest neighbour in `bank`), on flattened samples."
     d = torch.cdist(x.flatten(1), bank.detach().flatten(1).to(x))
     return (d.min(1).values + eps).log().mean()
+
+# %% ../nbs/03_sampling.ipynb #77cf0824
+def latent_energy(g: Callable, x: torch.Tensor, sigma: float) -> Callable:
+    "U(z) = ||x - g(z)||^2 / (2 sigma^2) + ||z||^2 / 2 per sample: the negative log posterior of a Gaussian generator."
+    check_positive("sigma", sigma)
+    x = x.detach()
+    def energy(z: torch.Tensor) -> torch.Tensor:
+        gz = g(z)
+        if gz.shape != x.shape:
+            raise ValueError(f"latent_energy: the generator gives shape {tuple(gz.shape)} for {len(z)} latents but x has shape "
+                             f"{tuple(x.shape)}; pass one latent per image.")
+        return (x - gz).pow(2).flatten(1).sum(1) / (2 * sigma**2) + 0.5 * z.pow(2).flatten(1).sum(1)
+    return energy
