@@ -15,8 +15,9 @@ from .nets import check_image_match, check_latent_match
 from .sampling import from_encoder, from_generator, from_noise, langevin, latent_energy
 
 # %% auto #0
-__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DualMCMCConfig', 'dual_mcmc_nets', 'check_nets',
-           'gaussian_nll', 'DualMCMC']
+__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
+           'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'dual_mcmc_data', 'feature_fn',
+           'reconstruction_mse', 'run_row']
 
 # %% ../nbs/12_dual_mcmc.ipynb #121f3d54
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
@@ -262,7 +263,7 @@ def _load_state_dict(self: DualMCMC, sd: dict) -> None:
 DualMCMC.sample, DualMCMC.reconstruct = _sample, _reconstruct
 DualMCMC.state_dict, DualMCMC.load_state_dict = _state_dict, _load_state_dict
 
-# %% ../nbs/12_dual_mcmc.ipynb #2adeb843
+# %% ../nbs/12_dual_mcmc.ipynb #c9283103
 VARIANTS = {"dual_mcmc": {}, "dual_mcmc_coop": dict(z_init="none"), "dual_mcmc_short_run": dict(x_init="noise", z_init="none"),
             "dual_mcmc_noise_l10": dict(z_init="noise", z_steps=10), "dual_mcmc_noise_l30": dict(z_init="noise", z_steps=30)}
 
@@ -272,7 +273,7 @@ def _small(width: int, z_dim: int, lr: float, **kw) -> DualMCMCConfig:
 
 DUAL_MCMC_PRESETS = {
     ("smoke", "fmnist"): _small(8, 16, 3e-4, x_steps=5, z_steps=3, iters=30, batch_size=32, sample_steps=5, sample_step=0.5),
-    ("quick", "fmnist"): _small(16, 32, 3e-4, x_steps=15, z_steps=10, iters=400, batch_size=64, sample_steps=15, sample_step=0.5),
+    ("quick", "fmnist"): _small(8, 32, 3e-4, x_steps=10, z_steps=10, iters=400, batch_size=50, sample_steps=10, sample_step=0.5),
     ("gpu", "fmnist"): _small(32, 64, 1e-4, x_steps=30, z_steps=10, iters=6000, batch_size=100, sample_steps=30, sample_step=0.5),
     ("paper", "fmnist"): _small(64, 128, 1e-4, iters=301 * 600),
     ("paper", "cifar10"): DualMCMCConfig(),
@@ -282,3 +283,60 @@ DUAL_MCMC_PRESETS = {
 for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
     for _name, _kw in VARIANTS.items():
         register_preset(_name, _scale, _ds, dataclasses.replace(_cfg, **_kw))
+
+# %% ../nbs/12_dual_mcmc.ipynb #db409d1c
+DATASETS = ("fmnist", "cifar10", "celeba64")
+METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid", "celeba64": "fid"}
+
+def dual_mcmc_data(dataset: str, split: str = "train", n: int | None = None) -> torch.Tensor:
+    "Float images (N, C, H, W) in [0, 1]: Fashion-MNIST from its IDX files, CIFAR-10 / CelebA-64 through torchvision (from data/)."
+    from ebm_nb.data import dataset_tensors, load_fashion_mnist, load_torchvision, to_float
+    check_choice("dataset", dataset, DATASETS)
+    if dataset == "fmnist": x = to_float(load_fashion_mnist(split)[0])
+    else:
+        ds = load_torchvision("cifar10" if dataset == "cifar10" else "celeba", split)
+        return dataset_tensors(ds, n, torch.Generator().manual_seed(0))[0]
+    return x if n is None else x[:n]
+
+def feature_fn(dataset: str, device="cpu"):
+    "The features of the table's metric: our Fashion-MNIST classifier (FD-FMNIST), or Inception (FID)."
+    from ebm_nb.metrics import inception_feature_fn, load_fmnist_classifier
+    check_choice("dataset", dataset, DATASETS)
+    return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
+
+def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
+    "Per-pixel MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
+    schemes = ({"Inf": (0, "mean"), "Inf+L": (m.cfg.z_steps, "mean")} if "encoder" in m.nets else {}) | {"L": (m.cfg.z_steps, "noise")}
+    return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
+
+def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = None, seed: int = 0, device="cpu",
+            evals=("gen",), n_eval: int = 1000, n_ref: int | None = None, n_rec: int = 1000, n_show: int = 36) -> dict:
+    "Train `variant` at `scale` on `dataset` (with `overrides`) and score it: {'row': numbers, 'samples': images}."
+    from ebm_nb.core import seed_everything
+    from ebm_nb.metrics import feature_stats, image_eval
+    from ebm_nb.training import train
+    for e in evals: check_choice("evaluation", e, ("gen", "rec"))
+    cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
+    g = seed_everything(seed)
+    x_train = dual_mcmc_data(dataset, "train")
+    m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
+    t0 = time.time()
+    hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=max(1, cfg.iters // 20), desc=variant)
+    row = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
+    samples = {}
+    if "gen" in evals:
+        feats, metric = feature_fn(dataset, dev), METRIC[dataset]
+        ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
+        keep = lambda name: (lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None)
+        ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
+        row |= {metric: ebm[metric], "kid": ebm["kid"], "kid_std": ebm["kid_std"], "n_eval": ebm["n_eval"], "n_ref": ebm["n_ref"]}
+        if "generator" in m.nets:
+            raw = image_eval(lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator"))
+            row |= {f"{metric}_gen": raw[metric], "kid_gen": raw["kid"], "kid_gen_std": raw["kid_std"]}
+    if "rec" in evals and "generator" in m.nets:
+        x_test = dual_mcmc_data(dataset, "test", n_rec)
+        mse = reconstruction_mse(m, x_test)
+        row |= {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()} | {"n_rec": len(x_test)}
+        init = "mean" if "encoder" in m.nets else "noise"
+        samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
+    return {"row": row, "samples": samples, "history": hist}
