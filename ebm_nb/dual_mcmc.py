@@ -284,7 +284,7 @@ for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
     for _name, _kw in VARIANTS.items():
         register_preset(_name, _scale, _ds, dataclasses.replace(_cfg, **_kw))
 
-# %% ../nbs/12_dual_mcmc.ipynb #db409d1c
+# %% ../nbs/12_dual_mcmc.ipynb #d550cf57
 DATASETS = ("fmnist", "cifar10", "celeba64")
 METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid", "celeba64": "fid"}
 
@@ -310,18 +310,27 @@ def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
     return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
 
 def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = None, seed: int = 0, device="cpu",
-            evals=("gen",), n_eval: int = 1000, n_ref: int | None = None, n_rec: int = 1000, n_show: int = 36) -> dict:
-    "Train `variant` at `scale` on `dataset` (with `overrides`) and score it: {'row': numbers, 'samples': images}."
+            evals=("gen",), n_eval: int = 1000, n_ref: int | None = None, n_rec: int = 1000, n_show: int = 36,
+            track: int = 0, return_state: bool = False) -> dict:
+    "Train `variant` at `scale` on `dataset` (with `overrides`) and score it: {'row': numbers, 'samples': images, ...}."
     from ebm_nb.core import seed_everything
-    from ebm_nb.metrics import feature_stats, image_eval
+    from ebm_nb.metrics import feature_stats, image_eval, psnr, ssim
     from ebm_nb.training import train
     for e in evals: check_choice("evaluation", e, ("gen", "rec"))
     cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
     g = seed_everything(seed)
     x_train = dual_mcmc_data(dataset, "train")
     m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
+    curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
+    def tracker(it, _row):
+        if it % max(1, cfg.iters // 10) and it != cfg.iters: return     # about 10 points over the run
+        state = m.gen.get_state()
+        rec = m.reconstruct(x_track, init="mean" if "encoder" in m.nets else "noise")
+        m.gen.set_state(state)
+        curve.append({"iter": it, "mse": (rec - x_track).pow(2).mean().item(), "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
     t0 = time.time()
-    hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=max(1, cfg.iters // 20), desc=variant)
+    hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=max(1, cfg.iters // 20), desc=variant,
+                 callback=tracker if track and "generator" in m.nets else None)
     row = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
     samples = {}
     if "gen" in evals:
@@ -339,4 +348,6 @@ def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = Non
         row |= {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()} | {"n_rec": len(x_test)}
         init = "mean" if "encoder" in m.nets else "noise"
         samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
-    return {"row": row, "samples": samples, "history": hist}
+    out = {"row": row, "samples": samples, "history": hist, "curve": curve}
+    if return_state: out["state"] = m.state_dict()
+    return out
