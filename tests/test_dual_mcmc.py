@@ -181,6 +181,20 @@ def test_cached_spectral_norm_leaves_the_chain_energies_unchanged(arch, shape):
     assert all(not torch.equal(p, q) for p, q in zip(weights, before))
 
 
+def test_a_step_with_cached_spectral_norm_makes_the_update_of_the_uncached_official_step():
+    "EBM in evaluation mode (frozen power-iteration vectors): the cache changes the cost, not the numbers."
+    def one_step(cache):
+        m = make(dataclasses.replace(CFG, cache_sn=cache), seed=4)
+        calls, layers = _count_sn(m.nets["energy"])
+        m.nets["energy"].eval()
+        logs = m.step(DATA[:8])
+        return logs, [p.detach() for net in m.nets.values() for p in net.parameters()], calls[0], layers
+    (la, pa, ca, layers), (lb, pb, cb, _) = one_step(True), one_step(False)
+    assert all(torch.allclose(la[k], lb[k], rtol=1e-5) for k in la)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(pa, pb))
+    assert ca == layers and cb == layers * (2 * CFG.x_steps + 2)
+
+
 # --- step output and the Method protocol --------------------------------------------------------------------------
 
 def test_step_returns_detached_scalars_and_optimisers_are_attributes():
