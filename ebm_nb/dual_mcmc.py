@@ -19,7 +19,7 @@ __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DATA
            'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'dual_mcmc_data', 'feature_fn',
            'reconstruction_mse', 'run_row']
 
-# %% ../nbs/12_dual_mcmc.ipynb #f6950d5a
+# %% ../nbs/12_dual_mcmc.ipynb #7bdd8b82
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
 
 @dataclass
@@ -64,7 +64,8 @@ class DualMCMCConfig:
         for k in ("z_dim", "width_e", "width_g", "width_i", "x_steps", "iters_per_epoch", "iters", "batch_size"):
             check_int(k, getattr(self, k))
         check_int("z_steps", self.z_steps, 0); check_int("sample_steps", self.sample_steps, 0)
-        for k in ("x_step", "z_step", "sigma", "sample_step", "lr_e", "lr_g", "lr_i"): check_positive(k, getattr(self, k))
+        for k in ("x_step", "z_step", "sigma", "sample_step", "lr_e", "lr_g", "lr_i"):
+            check_positive(k, getattr(self, k))
         for k in ("x_noise", "z_noise", "data_weight", "sample_weight", "inference_weight", "wd_g", "wd_i"):
             check_positive(k, getattr(self, k), zero_ok=True)
         if self.temperature is not None: check_positive("temperature", self.temperature)
@@ -86,18 +87,21 @@ class DualMCMCConfig:
     @property
     def nets(self) -> tuple[str, ...]:
         "The nets this variant trains."
-        return ("energy",) + (("generator",) if self.x_init == "generator" else ()) + (("encoder",) if self.z_init == "encoder" else ())
+        gen, enc = self.x_init == "generator", self.z_init == "encoder"
+        return ("energy",) + (("generator",) if gen else ()) + (("encoder",) if enc else ())
 
-# %% ../nbs/12_dual_mcmc.ipynb #5f96ffcb
+# %% ../nbs/12_dual_mcmc.ipynb #efbddc99
 def dual_mcmc_nets(cfg: DualMCMCConfig, shape: tuple) -> dict[str, nn.Module]:
     "The nets of `cfg`'s variant for images of `shape` (C, H, W)."
     c, s = _image_shape(shape)
     if cfg.arch == "resnet":
-        make = {"energy": lambda: ResEnergy(c, s, cfg.width_e), "generator": lambda: ResGenerator(cfg.z_dim, c, s, cfg.width_g),
+        make = {"energy": lambda: ResEnergy(c, s, cfg.width_e),
+                "generator": lambda: ResGenerator(cfg.z_dim, c, s, cfg.width_g),
                 "encoder": lambda: ResEncoder(c, s, cfg.z_dim, cfg.width_i)}
     else:
         make = {"energy": lambda: ConvEnergy(c, s, cfg.width_e, spectral_norm=True, act="relu"),
-                "generator": lambda: ConvGenerator(cfg.z_dim, c, s, cfg.width_g), "encoder": lambda: ConvEncoder(c, s, cfg.z_dim, cfg.width_i)}
+                "generator": lambda: ConvGenerator(cfg.z_dim, c, s, cfg.width_g),
+                "encoder": lambda: ConvEncoder(c, s, cfg.z_dim, cfg.width_i)}
     return {k: make[k]() for k in cfg.nets}
 
 def _image_shape(shape) -> tuple[int, int]:
@@ -122,7 +126,7 @@ def check_nets(nets: dict, cfg: DualMCMCConfig, shape: tuple) -> dict:
         check_latent_match(nets["generator"], nets["encoder"]); check_image_match(nets["encoder"], shape, "encoder")
     return nets
 
-# %% ../nbs/12_dual_mcmc.ipynb #c4e47460
+# %% ../nbs/12_dual_mcmc.ipynb #b782a97b
 def gaussian_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     "Per-sample NLL of z under N(mu, exp(logvar)), without the constant: ½Σ logvar + ½Σ (z - mu)² / (exp(logvar) + 1e-6)."
     return 0.5 * (logvar + (z - mu).pow(2) / (logvar.exp() + 1e-6)).sum(1)
@@ -144,7 +148,8 @@ class DualMCMC:
         self.opt_e = Adam(E, cfg.lr_e)
         self.opt_g = Adam(G, cfg.lr_g, cfg.wd_g) if G is not None else None
         self.opt_i = Adam(Q, cfg.lr_i, cfg.wd_i) if Q is not None else None
-        self.scheds = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.lr_decay) for o in (self.opt_e, self.opt_g, self.opt_i) if o]
+        opts = [o for o in (self.opt_e, self.opt_g, self.opt_i) if o is not None]
+        self.scheds = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.lr_decay) for o in opts]
         self.steps = 0
 
     # the nets in the method's [-1, 1] pixel coordinates (the nets themselves take and give [0, 1])
@@ -169,12 +174,13 @@ class DualMCMC:
 
     def energy(self, x: torch.Tensor) -> torch.Tensor: return self.nets["energy"](x.to(self.device))
 
-# %% ../nbs/12_dual_mcmc.ipynb #fd11dd44
+# %% ../nbs/12_dual_mcmc.ipynb #dbd60c56
 def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     "One iteration G -> I -> E; the logged values are detached 0-dim tensors on the device."
     c, y = self.cfg, 2 * batch.to(self.device) - 1
     B, logs = len(y), {}
-    with parametrize.cached() if c.cache_sn else contextlib.nullcontext():   # E's spectral norms once per step, for both chains
+    # E's spectral norms once per step, for both chains and the loss
+    with parametrize.cached() if c.cache_sn else contextlib.nullcontext():
         e_pos = self.E(y)               # with a graph: fills the cache so that the loss below reaches E's weights
         if "generator" in self.nets:
             z = self._randn(B)
@@ -193,7 +199,8 @@ def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
             self.opt_g.zero_grad(set_to_none=True); loss_g.backward(); self.opt_g.step()
             logs["loss_g"] = loss_g.detach()
             if c.z_init == "encoder":
-                loss_i = c.data_weight * gaussian_nll(z_rev, mu, logvar).mean() + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean()
+                loss_i = (c.data_weight * gaussian_nll(z_rev, mu, logvar).mean()
+                          + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean())
                 self.opt_i.zero_grad(set_to_none=True); loss_i.backward(); self.opt_i.step()
                 logs["loss_i"] = loss_i.detach()
             x_neg = self.x_chain(from_generator(self.G, z)) if c.second_chain else x_rev
@@ -212,7 +219,7 @@ def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
 
 DualMCMC.step = _step
 
-# %% ../nbs/12_dual_mcmc.ipynb #2db00da5
+# %% ../nbs/12_dual_mcmc.ipynb #4f2e3453
 def _sample(self: DualMCMC, n: int, steps: int | None = None, step: float | None = None, revise: bool = True,
             chunk: int | None = None, callback=None, every: int = 1) -> torch.Tensor:
     "`n` samples in [0, 1] on the CPU: the test-time x-chain from G(z) (or from noise for the short-run EBM)."
@@ -224,7 +231,8 @@ def _sample(self: DualMCMC, n: int, steps: int | None = None, step: float | None
             k = min(chunk, n - i)
             y0 = (from_generator(self.G, self._randn(k)) if "generator" in self.nets
                   else from_noise(k, self.shape, -1.0, 1.0, generator=self.gen, device=self.device))
-            y = self.x_chain(y0, steps, c.sample_step if step is None else step, callback=callback, every=every) if revise and steps else y0
+            s = c.sample_step if step is None else step
+            y = self.x_chain(y0, steps, s, callback=callback, every=every) if revise and steps else y0
             out.append(((y + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
 
@@ -234,7 +242,8 @@ def _reconstruct(self: DualMCMC, x: torch.Tensor, steps: int | None = None, init
     check_choice("init", init, ("mean", "sample", "noise"))
     if "generator" not in self.nets: raise ValueError("The short-run EBM has no generator, so it reconstructs nothing.")
     if init != "noise" and "encoder" not in self.nets:
-        raise ValueError(f"init={init!r} needs an encoder, but this variant (z_init={self.cfg.z_init!r}) has none; use init='noise'.")
+        raise ValueError(f"init={init!r} needs an encoder, but this variant (z_init={self.cfg.z_init!r}) has none; "
+                         "use init='noise'.")
     steps = self.cfg.z_steps if steps is None else check_int("steps", steps, 0)
     out, chunk = [], check_int("chunk", chunk or self.cfg.batch_size)
     for i in range(0, len(x), chunk):
@@ -254,7 +263,8 @@ def _state_dict(self: DualMCMC) -> dict:
 
 def _load_state_dict(self: DualMCMC, sd: dict) -> None:
     if set(sd["nets"]) != set(self.nets):
-        raise ValueError(f"The state holds the nets {sorted(sd['nets'])} but this variant has {sorted(self.nets)}; build it with the same config.")
+        raise ValueError(f"The state holds the nets {sorted(sd['nets'])} but this variant has {sorted(self.nets)}; "
+                         "build it with the same config.")
     for k, v in self.nets.items(): v.load_state_dict(sd["nets"][k])
     for o, s in zip((self.opt_e, self.opt_g, self.opt_i), sd["opts"]):
         if o is not None: o.load_state_dict(s)
@@ -285,7 +295,7 @@ for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
     for _name, _kw in VARIANTS.items():
         register_preset(_name, _scale, _ds, dataclasses.replace(_cfg, **_kw))
 
-# %% ../nbs/12_dual_mcmc.ipynb #d550cf57
+# %% ../nbs/12_dual_mcmc.ipynb #7e3f7824
 DATASETS = ("fmnist", "cifar10", "celeba64")
 METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid", "celeba64": "fid"}
 
@@ -307,7 +317,8 @@ def feature_fn(dataset: str, device="cpu"):
 
 def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
     "Per-pixel MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
-    schemes = ({"Inf": (0, "mean"), "Inf+L": (m.cfg.z_steps, "mean")} if "encoder" in m.nets else {}) | {"L": (m.cfg.z_steps, "noise")}
+    k = m.cfg.z_steps
+    schemes = ({"Inf": (0, "mean"), "Inf+L": (k, "mean")} if "encoder" in m.nets else {}) | {"L": (k, "noise")}
     return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
 
 def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = None, seed: int = 0, device="cpu",
@@ -328,11 +339,13 @@ def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = Non
         state = m.gen.get_state()
         rec = m.reconstruct(x_track, init="mean" if "encoder" in m.nets else "noise")
         m.gen.set_state(state)
-        curve.append({"iter": it, "mse": (rec - x_track).pow(2).mean().item(), "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
+        curve.append({"iter": it, "mse": (rec - x_track).pow(2).mean().item(), "psnr": psnr(rec, x_track),
+                      "ssim": ssim(rec, x_track)})
     t0 = time.time()
     hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=max(1, cfg.iters // 20), desc=variant,
                  callback=tracker if track and "generator" in m.nets else None)
-    row = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
+    row = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters,
+           "loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
     samples = {}
     if "gen" in evals:
         feats, metric = feature_fn(dataset, dev), METRIC[dataset]
@@ -346,7 +359,8 @@ def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = Non
     if "rec" in evals and "generator" in m.nets:
         x_test = dual_mcmc_data(dataset, "test", n_rec)
         mse = reconstruction_mse(m, x_test)
-        row |= {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()} | {"n_rec": len(x_test)}
+        row |= {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()}
+        row["n_rec"] = len(x_test)
         init = "mean" if "encoder" in m.nets else "noise"
         samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
     out = {"row": row, "samples": samples, "history": hist, "curve": curve}
