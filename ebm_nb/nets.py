@@ -11,8 +11,9 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 from .core import check_choice, check_int
 
 # %% auto #0
-__all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator',
-           'ConvEncoder', 'WSConv2d', 'SelfAttention', 'ICDResBlock', 'MultiScaleEnergy', 'icd_energy']
+__all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'RES_SIZES', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator',
+           'ConvEncoder', 'WSConv2d', 'SelfAttention', 'ICDResBlock', 'MultiScaleEnergy', 'icd_energy',
+           'dual_mcmc_init', 'ResEnergy', 'ResGenerator', 'ResEncoder', 'check_latent_match', 'check_image_match']
 
 # %% ../nbs/02_nets.ipynb #c91e0109
 ACTS = {"swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2)}
@@ -240,3 +241,143 @@ def icd_energy(name: str, **overrides) -> MultiScaleEnergy:
     "The multi-scale energy preset `name` (`ICD_NETS`), with keyword `overrides`."
     check_choice("net preset", name, tuple(ICD_NETS))
     return MultiScaleEnergy(**{**ICD_NETS[name], **overrides})
+
+# %% ../nbs/02_nets.ipynb #13fdbcee
+RES_SIZES = (32, 64)
+
+def _res_size(size: int) -> int:
+    return check_choice("size", size, RES_SIZES, hint="The Dual-MCMC ResNets exist for 32 px (CIFAR-10) and 64 px (CelebA-64) "
+                        "images; use ConvGenerator / ConvEncoder / ConvEnergy for 8, 16 or 28 px.")
+
+def dual_mcmc_init(module: nn.Module) -> nn.Module:
+    "The official `weights_init`: Xavier-normal conv weights, BatchNorm weight ~ N(0, 1) and bias 0 (in place)."
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d): nn.init.xavier_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d): nn.init.normal_(m.weight, 0.0, 1.0); nn.init.zeros_(m.bias)
+    return module
+
+def _sn_all(module: nn.Module) -> nn.Module:
+    "Spectral norm on every Conv2d and Linear of `module` (in place)."
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)): _spectral_norm(m)
+    return module
+
+# %% ../nbs/02_nets.ipynb #8606efe6
+class _DownBlock(nn.Module):
+    "ReLU, conv, ReLU, conv (, avg-pool); shortcut 1x1 conv (, avg-pool) when the shape changes. `first`: no leading ReLU."
+    def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.sc = nn.Conv2d(c_in, c_out, 1, bias=False) if (down or c_in != c_out) else None
+        self.down, self.first = down, first
+
+    def forward(self, x):
+        h = self.c1(x if self.first else torch.relu(x))
+        h = self.c2(torch.relu(h))
+        if self.down: h = nn.functional.avg_pool2d(h, 2)
+        s = x
+        if self.first: s = self.sc(nn.functional.avg_pool2d(s, 2))       # the start block pools before its 1x1 conv
+        elif self.sc is not None:
+            s = self.sc(s)
+            if self.down: s = nn.functional.avg_pool2d(s, 2)
+        return h + s
+
+class _UpBlock(nn.Module):
+    "BN, ReLU, bilinear x2, conv, BN, ReLU, conv; shortcut bilinear x2 and a 1x1 conv."
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.b1, self.c1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.b2, self.c2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.sc = nn.Conv2d(c_in, c_out, 1)
+
+    @staticmethod
+    def _up(x): return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+    def forward(self, x):
+        h = self.c2(torch.relu(self.b2(self.c1(self._up(torch.relu(self.b1(x)))))))
+        return h + self.sc(self._up(x))
+
+# %% ../nbs/02_nets.ipynb #934d0add
+class ResEnergy(nn.Module):
+    "Dual-MCMC's spectrally-normalised ResNet energy on images in [0,1]: (N, in_ch, size, size) -> (N,)."
+    def __init__(self, in_ch: int = 3, size: int = 32, width: int = 512, spectral_norm: bool = True):
+        super().__init__()
+        self.size, self.in_ch, self.width = _res_size(size), check_int("in_ch", in_ch), check_int("width", width)
+        if size == 32: chans, downs = [width] * 4, [True, True, False, False]
+        else:
+            if width % 16: raise ValueError(f"ResEnergy(size=64) needs a width divisible by 16 (channels width/16 ... width), got {width}.")
+            chans, downs = [width // 16 * 2**i for i in range(5)], [True] * 5
+        blocks, c = [], in_ch
+        for i, (co, d) in enumerate(zip(chans, downs)): blocks.append(_DownBlock(c, co, d, first=i == 0)); c = co
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, 1, bias=False)
+        dual_mcmc_init(self)
+        if spectral_norm: _sn_all(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(f"ResEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
+        h = torch.relu(self.blocks(2 * x - 1)).mean((2, 3))
+        return self.head(h).squeeze(-1)
+
+class ResGenerator(nn.Module):
+    "Dual-MCMC's ResNet generator (BN, bilinear upsampling, tanh): z (N, z_dim) -> images (N, out_ch, size, size) in [0,1]."
+    def __init__(self, z_dim: int = 128, out_ch: int = 3, size: int = 32, width: int = 512):
+        super().__init__()
+        self.size, self.z_dim = _res_size(size), check_int("z_dim", z_dim)
+        self.out_ch = check_int("out_ch", out_ch); check_int("width", width)
+        if size == 32: chans = [width] * 4
+        else:
+            if width % 16: raise ValueError(f"ResGenerator(size=64) needs a width divisible by 16 (channels width ... width/16), got {width}.")
+            chans = [width // 2**i for i in range(5)]
+        self.c0 = width
+        self.fc = nn.Linear(z_dim, 16 * width)
+        self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.out = nn.Sequential(nn.BatchNorm2d(chans[-1]), nn.ReLU(), nn.Conv2d(chans[-1], out_ch, 3, 1, 1), nn.Tanh())
+        dual_mcmc_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_input(f"ResGenerator(z_dim={self.z_dim})", "z", z, (self.z_dim,))
+        t = self.out(self.blocks(self.fc(z).view(len(z), self.c0, 4, 4)))
+        return (t + 1) / 2
+
+class ResEncoder(nn.Module):
+    "Dual-MCMC's Gaussian encoder: images (N, in_ch, size, size) in [0,1] -> (mu, logvar), each (N, z_dim)."
+    def __init__(self, in_ch: int = 3, size: int = 32, z_dim: int = 128, width: int = 128):
+        super().__init__()
+        self.size, self.in_ch, self.z_dim = _res_size(size), check_int("in_ch", in_ch), check_int("z_dim", z_dim)
+        check_int("width", width)
+        act = lambda: nn.LeakyReLU(0.2)
+        if size == 32: layers, c = [nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), act()], width
+        else: layers, c = [nn.Conv2d(in_ch, width, 4, 2, 1, bias=False), act()], width
+        for _ in range(3): layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), act()]; c *= 2
+        self.trunk = nn.Sequential(*layers)
+        self.mu, self.logvar = nn.Conv2d(c, z_dim, 4), nn.Conv2d(c, z_dim, 4)
+        dual_mcmc_init(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(f"ResEncoder(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
+        h = self.trunk(2 * x - 1)
+        return self.mu(h).flatten(1), self.logvar(h).flatten(1)
+
+# %% ../nbs/02_nets.ipynb #8be6ef2a
+def _z_dim(net: nn.Module, role: str) -> int:
+    "`net.z_dim`, or half the outputs of a `ConvEncoder`'s linear head (mu and logvar)."
+    if hasattr(net, "z_dim"): return net.z_dim
+    if isinstance(getattr(net, "head", None), nn.Linear): return net.head.out_features // 2
+    raise TypeError(f"Cannot tell the latent size of the {role} {type(net).__name__}: give it a z_dim attribute.")
+
+def check_latent_match(generator: nn.Module, encoder: nn.Module) -> int:
+    "The common latent size of `generator` and `encoder`; a `ValueError` naming both when they differ."
+    zg, ze = _z_dim(generator, "generator"), _z_dim(encoder, "encoder")
+    if zg != ze: raise ValueError(f"The generator takes latents of size {zg} but the encoder outputs latents of size {ze}; "
+                                  "build both with the same z_dim.")
+    return zg
+
+def check_image_match(net: nn.Module, shape: tuple, role: str = "net") -> tuple:
+    "`shape` (C, H, W) if `net` (with `in_ch`/`out_ch` and `size`) handles such images, else a `ValueError` naming both."
+    ch = getattr(net, "in_ch", None) or getattr(net, "out_ch", None)
+    expected = (ch, net.size, net.size)
+    if tuple(shape) != expected:
+        raise ValueError(f"The {role} {type(net).__name__} handles images of shape {expected}, but the data are {tuple(shape)}; "
+                         "build it with matching channels and size.")
+    return tuple(shape)

@@ -13,7 +13,7 @@ from .core import check_choice, check_positive, check_int
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'BUFFER_POLICIES', 'langevin_step', 'frozen', 'langevin', 'ChainRecorder', 'ReplayBuffer',
            'from_noise', 'from_data', 'from_buffer', 'from_generator', 'from_encoder', 'augment', 'nn_entropy',
-           'ChainBuffer', 'paper_augment']
+           'ChainBuffer', 'paper_augment', 'latent_energy']
 
 # %% ../nbs/03_sampling.ipynb #46e907af
 def _num(name: str, value, zero_ok: bool = False):
@@ -396,3 +396,16 @@ def paper_augment(x: torch.Tensor, generator: torch.Generator | None = None, cro
     if blur is not None:
         x = torch.where((_rand(n, generator, dev) < 0.5).view(n, 1, 1, 1), _blur(x, blur, generator), x)
     return x.clamp(0, 1).contiguous()
+
+# %% ../nbs/03_sampling.ipynb #77cf0824
+def latent_energy(g: Callable, x: torch.Tensor, sigma: float) -> Callable:
+    "U(z) = ||x - g(z)||^2 / (2 sigma^2) + ||z||^2 / 2 per sample: the negative log posterior of a Gaussian generator."
+    check_positive("sigma", sigma)
+    x = x.detach()
+    def energy(z: torch.Tensor) -> torch.Tensor:
+        gz = g(z)
+        if gz.shape != x.shape:
+            raise ValueError(f"latent_energy: the generator gives shape {tuple(gz.shape)} for {len(z)} latents but x has shape "
+                             f"{tuple(x.shape)}; pass one latent per image.")
+        return (x - gz).pow(2).flatten(1).sum(1) / (2 * sigma**2) + 0.5 * z.pow(2).flatten(1).sum(1)
+    return energy
