@@ -189,7 +189,7 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=30), "quick": dict(hidden=256
                     "gpu": dict(hidden=512, iters=5000), "paper": dict(hidden=512, iters=20000)}.items():
     register_preset("gcd", _scale, "fmnist_anomaly", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-4, lr_sampler=1e-4, lr_sigma=1e-4, **_kw))
 
-# %% ../nbs/14_gcd.ipynb #e98e6be8
+# %% ../nbs/14_gcd.ipynb #dfdef461
 def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int = 50000, ema_decay: float = 0.999,
              device="cpu") -> tuple[DDPM, nn.Module]:
     "A DDPM trained with `T` steps (linear betas over T) on `toy`, and the EMA copy of its noise net, which is sampled."
@@ -202,19 +202,25 @@ def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int
 
 def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000, n_eval: int = 10000,
                n_samplings: int = 5, auc_box: float = 4.0, device="cpu") -> dict:
-    "One row of DxMI's Table 1 for one seed: a DDPM trained with T steps, or DxMI (from scratch or a DDPM; its model as `_model`)."
+    """One Table 1 row for one seed: a DDPM trained with T steps (weights as `_eps`), or DxMI (model as `_model`).
+
+    A DxMI row from a DDPM may carry `_pretrained = {seed: weights}` from its DDPM rows; without it the DDPM is trained here."""
     toy, method, over = row["toy"], check_choice("method", row["method"], ("DDPM", "DxMI")), dict(row.get("overrides", {}))
     score = lambda sample, energy: toy_eval(sample, energy, toy, n_eval, n_samplings, seed, auc_box)
     if method == "DDPM":
         ddpm, net = toy_ddpm(toy, row["T"], scale, seed, n_train, device=device)
         gen = torch.Generator().manual_seed(seed)
         draw = lambda n: ddpm_sample(net, (2,), n, row["T"], ddpm.schedule, gen).cpu()
-        return {"iters": ddpm.cfg.iters, **score(draw, None)}
+        return {"iters": ddpm.cfg.iters, **score(draw, None), "_eps": {k: v.cpu() for k, v in net.state_dict().items()}}
     pre = check_choice("pretrain", row.get("pretrain"), (None, "ddpm", "respaced"))
     cfg = get_preset("gcd", scale, "toy2d", **{"T": row.get("T", 5), "tau1": row["tau"], "tau2": row["tau"], **over})
     sampler, pre_iters = None, 0
     if pre is not None:   # "ddpm": a DDPM trained with T steps; "respaced": a 1000-step DDPM respaced to T steps
-        d, net = toy_ddpm(toy, cfg.T if pre == "ddpm" else 1000, scale, seed, n_train, device=device)
+        n_steps = cfg.T if pre == "ddpm" else 1000
+        if seed in row.get("_pretrained", {}):   # its DDPM row's weights (same toy, steps, scale and seed): no retraining
+            d = DDPM(get_preset("ddpm", scale, "toy2d", n_steps=n_steps), (2,), device)
+            d.net.load_state_dict(row["_pretrained"][seed]); net = d.net
+        else: d, net = toy_ddpm(toy, n_steps, scale, seed, n_train, device=device)
         net = copy.deepcopy(net).requires_grad_(True).train()
         sampler, pre_iters = ddpm_sampler(net, (2,), cfg.T, d.schedule), d.cfg.iters
     g = seed_everything(seed)
