@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from .core import (check_choice, check_int, check_positive, get_preset, pick_device, register_preset, repo_root,
                          seed_everything, to_01, to_pm1)
-from .data import FMNIST_CLASSES, TOY_BOUND, dataset_tensors, load_fashion_mnist, load_torchvision, sample_toy, to_float
+from .data import FMNIST_CLASSES, dataset_tensors, load_fashion_mnist, load_torchvision, sample_toy, to_float
 from .metrics import energy_auroc, feature_stats, image_eval, inception_feature_fn, load_fmnist_classifier, toy_eval
 from .training import EMA, train
 from .diffusion import DDPM, DiffusionSampler, TimeMLP, ddpm_sample, ddpm_sampler, rollout, scratch_sampler

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import matplotlib as mpl
-from .core import atomic_path, check_choice, check_positive, check_int
+from .core import atomic_path, check_choice, check_int
 from .data import TOY_BOUND
 from .metrics import grid_centres, on_grid
 
