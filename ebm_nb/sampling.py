@@ -67,7 +67,7 @@ def frozen(*modules: torch.nn.Module):
     finally:
         for p, f in zip(params, flags): p.requires_grad_(f)
 
-# %% ../nbs/03_sampling.ipynb #76bd6fa5
+# %% ../nbs/03_sampling.ipynb #220f46db
 def _pure_step(energy_fn: Callable, x: torch.Tensor, eps: torch.Tensor, step_size, noise, grad_clip=None, clamp=None):
     "A Langevin step as a pure function of its tensors (`torch.func`): (new x, E(x)); what `compile=True` compiles."
     def total(y):
@@ -99,10 +99,10 @@ def langevin(energy_fn: Callable, x: torch.Tensor, steps: int, step_size: float,
              callback: Callable | None = None, every: int = 1, last_graph: bool = False, compile: bool = False):
     "Run `steps` Langevin steps from `x`; return the end state (detached, or through its last step with `last_graph`)."
     noise = _check_chain_args(steps, step_size, noise, clamp, grad_clip, callback, every, last_graph)
-    x, fast = x.detach(), compile and x.is_cuda and not last_graph
+    x, fast = x.detach(), compile and x.is_cuda
     for i in range(steps):
         graph = last_graph and i == steps - 1
-        if fast:
+        if fast and not graph:
             eps = _randn(x.shape, generator, x)
             torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad(): x_new, e = (t.clone() for t in _compiled_step()(energy_fn, x, eps, step_size, noise, grad_clip, clamp))
