@@ -18,7 +18,8 @@ import contextlib
 from torch.nn.utils import parametrize
 
 # %% auto #0
-__all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit', 'official_step', 'run_variant']
+__all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'COMPOSITIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit', 'official_step',
+           'run_variant', 'rebuild', 'compose']
 
 # %% ../nbs/11_improved_cd.ipynb #a22950e5
 ICD_NET_KINDS = ("multiscale", "mlp")
@@ -308,11 +309,14 @@ register_preset("improved_cd", "paper", "cifar10", ImprovedCDConfig(net_preset="
 register_preset("improved_cd", "paper", "celeba128",
                 ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER))
 
-# %% ../nbs/11_improved_cd.ipynb #1a24b6bf
+# %% ../nbs/11_improved_cd.ipynb #d573e1ec
 def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 0, overrides: dict | None = None,
                 n_eval: int = 0, n_ref: int | None = None, ood_n: int = 0, n_train: int | None = None, device="cpu",
-                log_every: int = 10) -> dict:
-    "Train the `ablation` of the `scale`/`dataset` preset; {'row', 'history', 'samples', 'energies'} for a paper table."
+                log_every: int = 10, classes: tuple | None = None, return_model: bool = False) -> dict:
+    """Train the `ablation` of the `scale`/`dataset` preset; {'row', 'history', 'samples', 'energies'(, 'model')} for a table.
+
+    `return_model=True` adds the trained method as plain data (config, shape, states; `rebuild` makes it an `ImprovedCD` again),
+    so that it crosses process boundaries: parametrized modules cannot be pickled."""
     import time
     from ebm_nb.core import get_preset, seed_everything
     from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
@@ -321,9 +325,14 @@ def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 
     check_choice("dataset", dataset, ("fmnist",), hint="the CIFAR-10 / CelebA rows run from the paper presets on a GPU.")
     cfg = ablate(get_preset("improved_cd", scale, dataset), ablation, **(overrides or {}))
     dev = pick_device(device); g = seed_everything(seed)
-    x_train = to_float(load_fashion_mnist("train")[0][:n_train])
+    x_train, y_train = load_fashion_mnist("train")
+    if classes is not None:   # one concept: the training images of these classes
+        if not classes or any(c not in range(10) for c in classes):
+            raise ValueError(f"classes must be Fashion-MNIST labels in 0..9, got {classes!r}.")
+        x_train = x_train[torch.isin(y_train, torch.tensor(list(classes)))]
+    x_train = to_float(x_train[:n_train])
     m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
-    row = {"ablation": ablation, "seed": seed, "iters": cfg.iters, "kl": cfg.kl, "entropy": cfg.entropy, "augment": cfg.augment,
+    row = {"ablation": ablation, "seed": seed, "classes": classes, "iters": cfg.iters, "kl": cfg.kl, "entropy": cfg.entropy, "augment": cfg.augment,
            "multiscale": cfg.multiscale, "spectral_norm": cfg.spectral_norm, "self_attn": cfg.self_attn}
     t0, out = time.time(), {"samples": None, "energies": {}, "history": []}
     try:   # the callback keeps the logged rows of a run that the guard stops
@@ -332,6 +341,8 @@ def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 
     except TrainingDiverged as e:
         row.update(diverged=True, diverged_at=e.iteration)
     row["train_s"] = round(time.time() - t0, 1)
+    if return_model:
+        out["model"] = {"cfg": cfg, "shape": tuple(x_train.shape[1:]), "state": m.state_dict(), "ema": m.ema.module.state_dict()}
     if row["diverged"]: return {"row": row, **out}
     sample = lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2))
     if n_eval:
@@ -352,3 +363,19 @@ def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 
                 out["energies"][name] = e_out = en(x_out)
                 row[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
     return {"row": row, **out}
+
+def rebuild(saved: dict, device="cpu") -> ImprovedCD:
+    "The `ImprovedCD` that `run_variant(..., return_model=True)` returned as data: nets, EMA, optimiser, buffer, generator."
+    m = ImprovedCD(saved["cfg"], saved["shape"], device=device)
+    m.load_state_dict(saved["state"]); m.ema.module.load_state_dict(saved["ema"])
+    return m
+
+# %% ../nbs/11_improved_cd.ipynb #3fab9f92
+COMPOSITIONS = ("AND", "OR", "NOT")
+
+def compose(kind: str, energy_a, energy_b, alpha: float = 0.5, softmin_t: float = 100.0):
+    "The energy of `kind`: AND E_A + E_B, OR -logsumexp(-t E_A, -t E_B) / t, NOT E_A - alpha E_B."
+    check_choice("composition", kind, COMPOSITIONS); check_positive("alpha", alpha); check_positive("softmin_t", softmin_t)
+    if kind == "AND": return lambda x: energy_a(x) + energy_b(x)
+    if kind == "OR": return lambda x: -torch.logsumexp(-softmin_t * torch.stack([energy_a(x), energy_b(x)]), 0) / softmin_t
+    return lambda x: energy_a(x) - alpha * energy_b(x)
