@@ -17,7 +17,7 @@ from .sampling import from_encoder, from_generator, from_noise, langevin, latent
 # %% auto #0
 __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
            'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'dual_mcmc_data', 'feature_fn',
-           'reconstruction_mse', 'run_row']
+           'reconstruction_mse', 'run_row', 'step_seconds']
 
 # %% ../nbs/12_dual_mcmc.ipynb #7bdd8b82
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
@@ -366,3 +366,13 @@ def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = Non
     out = {"row": row, "samples": samples, "history": hist, "curve": curve}
     if return_state: out["state"] = m.state_dict()
     return out
+
+# %% ../nbs/12_dual_mcmc.ipynb #493281c6
+def step_seconds(variant: str, scale: str, dataset: str, overrides: dict | None = None, reps: int = 5, device="cpu") -> float:
+    "Median seconds of one training iteration of `variant` (fresh weights, a random batch) after two untimed ones."
+    from ebm_nb.bench import time_call
+    cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
+    shape = {"fmnist": (1, 28, 28), "cifar10": (3, 32, 32), "celeba64": (3, 64, 64)}[check_choice("dataset", dataset, DATASETS)]
+    m = DualMCMC(cfg, shape, dev, generator=torch.Generator().manual_seed(0))
+    batch = torch.rand(cfg.batch_size, *shape, generator=torch.Generator().manual_seed(1)).to(dev)
+    return time_call(lambda: m.step(batch), reps=check_int("reps", reps), warmup=2, device=dev)["median_s"]
