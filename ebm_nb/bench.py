@@ -51,13 +51,15 @@ def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, reps: i
     t = time_call(lambda: a @ b, reps=reps, warmup=2, device=device)
     return 2 * n**3 / t["median_s"]
 
-# %% ../nbs/08_bench.ipynb #66fc3a06
+# %% ../nbs/08_bench.ipynb #e871b412
 def compare(name: str, fast: Callable[[], object], eager: Callable[[], object], device="cpu", reps: int = 10,
             warmup: int = 3, peak_dtype=torch.bfloat16, **extra) -> dict:
     "One benchmark row: seconds per iteration of `fast` and `eager`, their ratio, TFLOP per iteration and share of peak."
     device = pick_device(device) if isinstance(device, str) else torch.device(device)
-    t_eager = time_call(eager, reps, warmup, device)["median_s"]
-    t_fast = time_call(fast, reps, warmup, device)["median_s"]
+    for fn in (eager, fast):   # compile and warm both first, then alternate: no order effect (allocator, caches, clocks)
+        time_call(fn, 1, warmup, device)
+    times = [(time_call(eager, 1, 0, device)["median_s"], time_call(fast, 1, 0, device)["median_s"]) for _ in range(reps)]
+    t_eager, t_fast = (statistics.median(t) for t in zip(*times))
     flop = flops_of(eager)
     peak_dtype = peak_dtype if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, peak_dtype)
