@@ -4,18 +4,17 @@
 
 # %% ../nbs/11_improved_cd.ipynb #63b40f60
 from __future__ import annotations
-import dataclasses
+import contextlib, dataclasses
 from dataclasses import dataclass
 from functools import partial
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from .core import check_choice, check_int, check_positive, pick_device, register_preset
 from .data import TOY_BOUND, dequantize
 from .nets import ICD_NETS, MLPEnergy, icd_energy
 from .sampling import BUFFER_POLICIES, ChainBuffer, from_buffer, from_noise, frozen, langevin, nn_entropy, paper_augment
 from .training import EMA, allreduce_grads, train
-import contextlib
-from torch.nn.utils import parametrize
 
 # %% auto #0
 __all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'COMPOSITIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit', 'official_step',
@@ -278,8 +277,7 @@ def official_step(m: ImprovedCD, batch: Tensor) -> dict:
         if c.entropy and len(m.buffer) > c.entropy_min_buffer:
             refs = m.buffer.draw(c.entropy_refs, gen)
             if m.augment is not None: refs = _per_image_cpu(m.augment, refs, gen)
-            d = torch.cdist(x_kl.flatten(1), refs.flatten(1))
-            loss = loss - c.entropy_weight * (d.min(1).values + 1e-8).log().mean()
+            loss = loss - c.entropy_weight * nn_entropy(x_kl, refs)
     m.opt.zero_grad(set_to_none=True); loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(list(net.parameters()), c.grad_clip_norm)
     m.opt.step()
