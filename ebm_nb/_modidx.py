@@ -198,6 +198,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ebm_nb.gcd.GCDConfig': ('gcd.html#gcdconfig', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.GCDConfig.__post_init__': ('gcd.html#gcdconfig.__post_init__', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.anomaly_class': ('gcd.html#anomaly_class', 'ebm_nb/gcd.py'),
+                            'ebm_nb.gcd.cosine_lr': ('gcd.html#cosine_lr', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.fmnist_vectors': ('gcd.html#fmnist_vectors', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.image_ddpm': ('gcd.html#image_ddpm', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.image_features': ('gcd.html#image_features', 'ebm_nb/gcd.py'),

@@ -80,22 +80,27 @@ def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "ru
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
         return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc))
 
-# %% ../nbs/00_core.ipynb #5fc7ddaf
+# %% ../nbs/00_core.ipynb #23b44a2c
 def _timed(fn, row: dict, seed: int, **shared) -> list[dict]:
     t0 = time.time()
     out = fn(row, seed, **shared)
     return [{**r, "run_s": round(time.time() - t0, 1)} for r in (out if isinstance(out, list) else [out])]
 
-def run_protocol(fn, protocol: list[dict], workers: int = 2, device="cpu", desc: str = "runs", **shared) -> list[dict]:
+def run_protocol(fn, protocol: list[dict], workers: int = 2, device="cpu", desc: str = "runs",
+                 cost=None,  # row -> expected run time: runs start longest first, so the last to finish is a short one
+                 **shared) -> list[dict]:
     "Run `fn(row, seed, device=..., **shared)` for each row of `protocol` and each of its `seeds`; a result row per run."
     import functools
     for r in protocol:
         if not isinstance(r, dict): raise TypeError(f"A protocol is a list of dicts (one per table row), got {r!r}.")
         for s in r.get("seeds", [0]): check_int("seed", s, 0)
     jobs = [(r, s) for r in protocol for s in r.get("seeds", [0])]
+    order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i][0])) if cost else list(range(len(jobs)))
     dev = str(pick_device(device))
-    outs = parallel_map(functools.partial(_timed, fn, device=dev, **shared), [r for r, _ in jobs], [s for _, s in jobs],
-                        workers=workers, device=device, desc=desc)
+    done = parallel_map(functools.partial(_timed, fn, device=dev, **shared), *zip(*[jobs[i] for i in order]),
+                        workers=workers, device=device, desc=desc) if jobs else []
+    outs = [None] * len(jobs)
+    for i, o in zip(order, done): outs[i] = o     # results in the protocol's order, whatever order they ran in
     keep = lambda d: {k: v for k, v in d.items() if k != "seeds" and not k.startswith("_")}
     return [{**keep(r), "seed": s, **o} for (r, s), out in zip(jobs, outs) for o in out]
 
