@@ -280,6 +280,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.metrics.load_fmnist_classifier': ('metrics.html#load_fmnist_classifier', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.median_bandwidth': ('metrics.html#median_bandwidth', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.mmd_rbf': ('metrics.html#mmd_rbf', 'ebm_nb/metrics.py'),
+                                'ebm_nb.metrics.mode_wells': ('metrics.html#mode_wells', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.on_grid': ('metrics.html#on_grid', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.psnr': ('metrics.html#psnr', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.sliced_w2': ('metrics.html#sliced_w2', 'ebm_nb/metrics.py'),

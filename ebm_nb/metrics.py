@@ -21,7 +21,8 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim',
            'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
-           'inception_feature_fn', 'inception_fid', 'toy_eval', 'FeatureStats', 'feature_stats', 'image_eval']
+           'inception_feature_fn', 'inception_fid', 'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats',
+           'image_eval']
 
 # %% ../nbs/04_metrics.ipynb #cdac9861
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -389,6 +390,25 @@ def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed:
         out["nll_grid"] = grid_nll(energy_fn, test)
         out["nll_true"] = -toy_log_density(toy, test).mean().item() if toy in MIXTURE_TOYS else None
     return out
+
+# %% ../nbs/04_metrics.ipynb #9a7582f8
+def mode_wells(energy_fn, toy: str, n: int = 41, width: float = 0.5, margin: float = 0.01, box: float = 4.0) -> dict:
+    "How many modes of mixture `toy` are wells of `energy_fn`: below their lowest barrier to a nearest mode."
+    from ebm_nb.data import toy_mixture
+    c, _ = toy_mixture(toy)
+    d = torch.cdist(c, c).fill_diagonal_(float("inf"))
+    i, j = (d <= d.min(1, keepdim=True).values + 1e-4).nonzero(as_tuple=True)   # pairs of nearest neighbours
+    v = c[j] - c[i]; perp = torch.stack([-v[:, 1], v[:, 0]], 1)
+    s, u = torch.linspace(0, 1, n), torch.linspace(-width, width, 2 * n + 1)
+    pts = c[i, None, None] + s[None, :, None, None] * v[:, None, None] + u[None, None, :, None] * perp[:, None, None]
+    g = torch.linspace(-box, box, 101)
+    with torch.no_grad():
+        e = energy_fn(pts.reshape(-1, 2)).flatten().cpu().reshape(len(i), n, 2 * n + 1)
+        e_c, e_box = energy_fn(c).flatten().cpu(), energy_fn(torch.cartesian_prod(g, g)).flatten().cpu()
+    barrier = e.min(2).values.max(1).values                                      # per pair: the pass between the two
+    low = torch.full((len(c),), float("inf")).scatter_reduce(0, i, barrier, "amin")
+    depth = low - e_c
+    return {"wells": int((depth > margin * e_box.std()).sum()), "modes": len(c), "depth": depth.mean().item()}
 
 # %% ../nbs/04_metrics.ipynb #a90f2149
 class FeatureStats:
