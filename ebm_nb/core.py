@@ -80,7 +80,7 @@ def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "ru
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
         return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc))
 
-# %% ../nbs/00_core.ipynb #23b44a2c
+# %% ../nbs/00_core.ipynb #d7f7731b
 def _timed(fn, row: dict, seed: int, **shared) -> list[dict]:
     t0 = time.time()
     out = fn(row, seed, **shared)
@@ -98,7 +98,7 @@ def run_protocol(fn, protocol: list[dict], workers: int = 2, device="cpu", desc:
     order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i][0])) if cost else list(range(len(jobs)))
     dev = str(pick_device(device))
     done = parallel_map(functools.partial(_timed, fn, device=dev, **shared), *zip(*[jobs[i] for i in order]),
-                        workers=workers, device=device, desc=desc) if jobs else []
+                        workers=workers, device=device, desc=desc)
     outs = [None] * len(jobs)
     for i, o in zip(order, done): outs[i] = o     # results in the protocol's order, whatever order they ran in
     keep = lambda d: {k: v for k, v in d.items() if k != "seeds" and not k.startswith("_")}

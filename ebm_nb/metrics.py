@@ -391,7 +391,7 @@ def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed:
         out["nll_true"] = -toy_log_density(toy, test).mean().item() if toy in MIXTURE_TOYS else None
     return out
 
-# %% ../nbs/04_metrics.ipynb #9a7582f8
+# %% ../nbs/04_metrics.ipynb #4be353fe
 def mode_wells(energy_fn, toy: str, n: int = 41, width: float = 0.5, margin: float = 0.01, box: float = 4.0) -> dict:
     "How many modes of mixture `toy` are wells of `energy_fn`: below their lowest barrier to a nearest mode."
     from ebm_nb.data import toy_mixture
@@ -401,14 +401,13 @@ def mode_wells(energy_fn, toy: str, n: int = 41, width: float = 0.5, margin: flo
     v = c[j] - c[i]; perp = torch.stack([-v[:, 1], v[:, 0]], 1)
     s, u = torch.linspace(0, 1, n), torch.linspace(-width, width, 2 * n + 1)
     pts = c[i, None, None] + s[None, :, None, None] * v[:, None, None] + u[None, None, :, None] * perp[:, None, None]
-    g = torch.linspace(-box, box, 101)
-    with torch.no_grad():
-        e = energy_fn(pts.reshape(-1, 2)).flatten().cpu().reshape(len(i), n, 2 * n + 1)
-        e_c, e_box = energy_fn(c).flatten().cpu(), energy_fn(torch.cartesian_prod(g, g)).flatten().cpu()
+    dev = fn_device(energy_fn)
+    with torch.no_grad(): e, e_c = (energy_fn(x.to(dev)).flatten().cpu() for x in (pts.reshape(-1, 2), c))
+    e, e_box = e.reshape(len(i), n, 2 * n + 1), on_grid(energy_fn, grid_centres(box, 100), "energy_fn", device=dev)
     barrier = e.min(2).values.max(1).values                                      # per pair: the pass between the two
     low = torch.full((len(c),), float("inf")).scatter_reduce(0, i, barrier, "amin")
     depth = low - e_c
-    return {"wells": int((depth > margin * e_box.std()).sum()), "modes": len(c), "depth": depth.mean().item()}
+    return {"wells": int((depth > margin * float(e_box.std())).sum()), "modes": len(c), "depth": depth.mean().item()}
 
 # %% ../nbs/04_metrics.ipynb #a90f2149
 class FeatureStats:
