@@ -206,6 +206,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'ebm_nb.gcd.load_images': ('gcd.html#load_images', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.table1_job': ('gcd.html#table1_job', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.time_cost': ('gcd.html#time_cost', 'ebm_nb/gcd.py'),
+                            'ebm_nb.gcd.toy2d_scratch': ('gcd.html#toy2d_scratch', 'ebm_nb/gcd.py'),
                             'ebm_nb.gcd.toy_ddpm': ('gcd.html#toy_ddpm', 'ebm_nb/gcd.py')},
             'ebm_nb.improved_cd': { 'ebm_nb.improved_cd.ImprovedCD': ('improved_cd.html#improvedcd', 'ebm_nb/improved_cd.py'),
                                     'ebm_nb.improved_cd.ImprovedCD.__init__': ( 'improved_cd.html#improvedcd.__init__',

@@ -19,8 +19,8 @@ from .diffusion import DDPM, DiffusionSampler, TimeMLP, ddpm_sample, ddpm_sample
 from .nets import ConvEnergy
 
 # %% auto #0
-__all__ = ['IMAGE_DATASETS', 'IMAGE_METRIC', 'IMAGE_ABLATIONS', 'GCDConfig', 'cosine_lr', 'time_cost', 'GCD', 'toy_ddpm',
-           'table1_job', 'load_images', 'image_features', 'image_ddpm', 'image_variant', 'fmnist_vectors',
+__all__ = ['IMAGE_DATASETS', 'IMAGE_METRIC', 'IMAGE_ABLATIONS', 'GCDConfig', 'cosine_lr', 'time_cost', 'GCD', 'toy2d_scratch',
+           'toy_ddpm', 'table1_job', 'load_images', 'image_features', 'image_ddpm', 'image_variant', 'fmnist_vectors',
            'anomaly_class']
 
 # %% ../nbs/14_gcd.ipynb #e08a63e5
@@ -189,6 +189,11 @@ for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=12
     register_preset("gcd", _scale, "toy2d", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-3, lr_sampler=1e-4,
                                                       lr_sigma=1e-3, lr_schedule="cosine", sampler_batch=256, sampler_grad_clip=0.1,
                                                       **_kw))
+
+# %% ../nbs/14_gcd.ipynb #d6ef3180
+def toy2d_scratch(scale: str = "quick") -> dict:
+    "Overrides of the `toy2d` preset for DxMI without a pre-trained sampler: twice the iterations, the sampler's rate 3e-4."
+    return {"iters": 2 * get_preset("gcd", scale, "toy2d").iters, "lr_sampler": 3e-4}
 
 # %% ../nbs/14_gcd.ipynb #b6cffe8c
 _image = dict(T=10, value="energy", time_cost="sigmoid", sampler="ddpm", fix_last=True, tau1=0.1, tau2=0.01, sampler_grad_clip=0.1)
