@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
-from .core import check_positive, device_name, pick_device
+from .core import check_positive, pick_device
+from .results import device_name
 
 # %% auto #0
 __all__ = ['synchronize', 'time_call', 'flops_of', 'matmul_peak', 'compare']
@@ -17,52 +18,88 @@ __all__ = ['synchronize', 'time_call', 'flops_of', 'matmul_peak', 'compare']
 # %% ../nbs/08_bench.ipynb #c1c24e83
 def synchronize(device) -> None:
     "Wait for queued work on `device` (a no-op on the CPU)."
-    if torch.device(device).type == "cuda": torch.cuda.synchronize(device)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 def time_call(fn: Callable[[], object], reps: int = 10, warmup: int = 3, device="cpu") -> dict:
     "Median and min wall-clock seconds of `fn()` over `reps` calls after `warmup` untimed ones."
-    check_positive("reps", reps); check_positive("warmup", warmup, zero_ok=True)
-    for _ in range(warmup): fn()
-    synchronize(device); times = []
+    check_positive("reps", reps)
+    check_positive("warmup", warmup, zero_ok=True)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
     for _ in range(reps):
-        t0 = time.perf_counter(); fn(); synchronize(device); times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
     return {"median_s": statistics.median(times), "min_s": min(times), "reps": reps}
 
 # %% ../nbs/08_bench.ipynb #e97388c1
 class _FlopCount(TorchDispatchMode):
     "Sum the FLOP of every dispatched operator that PyTorch's `flop_registry` knows (matmul, conv, attention...)."
+
     def __init__(self):
-        super().__init__(); self.total = 0
+        super().__init__()
+        self.total = 0
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         count = flop_registry.get(func._overloadpacket)
-        if count is not None: self.total += count(*args, **(kwargs or {}), out_val=out)
+        if count is not None:
+            self.total += count(*args, **(kwargs or {}), out_val=out)
         return out
+
 
 def flops_of(fn: Callable[[], object]) -> int:
     "Floating-point operations (matmul/conv, forward and backward) of one call of `fn`."
-    with _FlopCount() as counter: fn()
+    with _FlopCount() as counter:
+        fn()
     return counter.total
+
 
 def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, reps: int = 10) -> float:
     "Measured FLOP/s of an `n x n` matrix multiply in `dtype` on `device`."
-    device = torch.device(device); n = n or (8192 if device.type == "cuda" else 1024)
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     t = time_call(lambda: a @ b, reps=reps, warmup=2, device=device)
     return 2 * n**3 / t["median_s"]
 
 # %% ../nbs/08_bench.ipynb #e871b412
-def compare(name: str, fast: Callable[[], object], eager: Callable[[], object], device="cpu", reps: int = 10,
-            warmup: int = 3, peak_dtype=torch.bfloat16, **extra) -> dict:
+def compare(
+    name: str,
+    fast: Callable[[], object],
+    eager: Callable[[], object],
+    device="cpu",
+    reps: int = 10,
+    warmup: int = 3,
+    peak_dtype=torch.bfloat16,
+    **extra,
+) -> dict:
     "One benchmark row: seconds per iteration of `fast` and `eager`, their ratio, TFLOP per iteration and share of peak."
     device = pick_device(device) if isinstance(device, str) else torch.device(device)
-    for fn in (eager, fast):   # compile and warm both first, then alternate: no order effect (allocator, caches, clocks)
+    for fn in (eager, fast):  # compile and warm both first, then alternate: no order effect (allocator, caches, clocks)
         time_call(fn, 1, warmup, device)
-    times = [(time_call(eager, 1, 0, device)["median_s"], time_call(fast, 1, 0, device)["median_s"]) for _ in range(reps)]
+    times = [
+        (time_call(eager, 1, 0, device)["median_s"], time_call(fast, 1, 0, device)["median_s"]) for _ in range(reps)
+    ]
     t_eager, t_fast = (statistics.median(t) for t in zip(*times))
     flop = flops_of(eager)
     peak_dtype = peak_dtype if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, peak_dtype)
-    return {"benchmark": name, **extra, "device": device_name(device), "s_per_iter_fast": t_fast, "s_per_iter_eager": t_eager,
-            "speedup": t_eager / t_fast, "tflop_per_iter": flop / 1e12, "tflops_fast": flop / t_fast / 1e12,
-            "share_of_peak": flop / t_fast / peak, "peak_tflops": peak / 1e12, "peak_dtype": str(peak_dtype).replace("torch.", "")}
+    return {
+        "benchmark": name,
+        **extra,
+        "device": device_name(device),
+        "s_per_iter_fast": t_fast,
+        "s_per_iter_eager": t_eager,
+        "speedup": t_eager / t_fast,
+        "tflop_per_iter": flop / 1e12,
+        "tflops_fast": flop / t_fast / 1e12,
+        "share_of_peak": flop / t_fast / peak,
+        "peak_tflops": peak / 1e12,
+        "peak_dtype": str(peak_dtype).replace("torch.", ""),
+    }

@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 import torch
 from torch import nn
-from .core import check_choice, check_positive, pick_device, register_preset
+from .core import check_choice, check_positive, pick_device
+from .presets import register_preset
 from .nets import MLPEnergy, ConvEnergy
 from .sampling import ReplayBuffer, from_buffer, from_data, from_noise, langevin
 import math
-from .core import get_preset, seed_everything
+from .core import seed_everything
+from .presets import get_preset
 from .data import TOY_BOUND, sample_toy
 from .metrics import toy_eval
 from .training import train
@@ -23,72 +25,105 @@ __all__ = ['CDConfig', 'CD', 'toy_job']
 @dataclass
 class CDConfig:
     "Hyperparameters of plain contrastive divergence."
-    net: str = "mlp"                 # "mlp" (vectors) or "conv" (images)
-    hidden: int = 128                # MLP width / conv base width
-    depth: int = 3                   # MLP hidden layers
+
+    net: str = "mlp"  # "mlp" (vectors) or "conv" (images)
+    hidden: int = 128  # MLP width / conv base width
+    depth: int = 3  # MLP hidden layers
     spectral_norm: bool = False
     lr: float = 1e-3
     betas: tuple = (0.0, 0.999)
-    steps: int = 20                  # Langevin steps per negative sample
-    step_size: float = 0.01          # lambda in x <- x - lambda dE/dx + noise * eps
-    noise: float | None = None       # None: sqrt(2 * step_size), proper Langevin
-    grad_clip: float | None = None   # elementwise clip of dE/dx inside the chain
-    init: str = "noise"              # "noise" (short-run), "data" (CD-k: start at the batch) or "buffer" (persistent)
+    steps: int = 20  # Langevin steps per negative sample
+    step_size: float = 0.01  # lambda in x <- x - lambda dE/dx + noise * eps
+    noise: float | None = None  # None: sqrt(2 * step_size), proper Langevin
+    grad_clip: float | None = None  # elementwise clip of dE/dx inside the chain
+    init: str = "noise"  # "noise" (short-run), "data" (CD-k: start at the batch) or "buffer" (persistent)
     buffer_size: int = 10000
     reinit_prob: float = 0.05
-    alpha: float = 0.1               # energy magnitude regulariser
+    alpha: float = 0.1  # energy magnitude regulariser
     iters: int = 1000
     batch_size: int = 128
     sample_steps: int | None = None  # Langevin steps for evaluation samples (None: same as training)
 
     def __post_init__(self):
-        check_choice("net", self.net, ("mlp", "conv")); check_choice("init", self.init, ("noise", "data", "buffer"))
-        for k in ("hidden", "depth", "iters", "batch_size", "buffer_size"): check_positive(k, getattr(self, k))
-        check_positive("steps", self.steps, zero_ok=True); check_positive("step_size", self.step_size); check_positive("lr", self.lr)
+        check_choice("net", self.net, ("mlp", "conv"))
+        check_choice("init", self.init, ("noise", "data", "buffer"))
+        for k in ("hidden", "depth", "iters", "batch_size", "buffer_size"):
+            check_positive(k, getattr(self, k))
+        check_positive("steps", self.steps, zero_ok=True)
+        check_positive("step_size", self.step_size)
+        check_positive("lr", self.lr)
 
 # %% ../nbs/10_cd.ipynb #632cf35d
 class CD:
     "Short-run / persistent contrastive divergence for an energy on vectors or images."
-    def __init__(self, cfg: CDConfig, shape: tuple, bound: float = TOY_BOUND, device="auto", generator: torch.Generator | None = None):
+
+    def __init__(
+        self,
+        cfg: CDConfig,
+        shape: tuple,
+        bound: float = TOY_BOUND,
+        device="auto",
+        generator: torch.Generator | None = None,
+    ):
         self.cfg, self.shape, self.bound, self.device = cfg, tuple(shape), bound, pick_device(device)
         self.images = len(self.shape) == 3
-        if cfg.net == "mlp" and self.images: raise ValueError(f"net='mlp' needs vector data, got shape {shape}; use net='conv' for images.")
-        if cfg.net == "conv" and not self.images: raise ValueError(f"net='conv' needs (C, H, W) images, got shape {shape}; use net='mlp'.")
+        if cfg.net == "mlp" and self.images:
+            raise ValueError(f"net='mlp' needs vector data, got shape {shape}; use net='conv' for images.")
+        if cfg.net == "conv" and not self.images:
+            raise ValueError(f"net='conv' needs (C, H, W) images, got shape {shape}; use net='mlp'.")
         self.gen = generator or torch.Generator().manual_seed(0)
-        net = (ConvEnergy(self.shape[0], self.shape[1], cfg.hidden, cfg.spectral_norm) if self.images
-               else MLPEnergy(self.shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm))
+        net = (
+            ConvEnergy(self.shape[0], self.shape[1], cfg.hidden, cfg.spectral_norm)
+            if self.images
+            else MLPEnergy(self.shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm)
+        )
         self.net = net.to(self.device)
         self.nets = {"energy": self.net}
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.buffer = ReplayBuffer(cfg.buffer_size, self.noise, cfg.reinit_prob, self.device) if cfg.init == "buffer" else None
+        self.buffer = (
+            ReplayBuffer(cfg.buffer_size, self.noise, cfg.reinit_prob, self.device) if cfg.init == "buffer" else None
+        )
 
     def noise(self, n: int, generator=None) -> torch.Tensor:
         "Chain starting points: uniform over the data domain, on the method's device."
         u = from_noise(n, self.shape, generator=generator if generator is not None else self.gen, device=self.device)
         return u if self.images else (2 * u - 1) * self.bound
 
-    def energy(self, x): return self.net(x)
+    def energy(self, x):
+        return self.net(x)
 
     def chain(self, x, steps=None):
         "Run the Langevin chain from `x`; returns detached samples."
         c = self.cfg
-        return langevin(self.net, x.to(self.device), c.steps if steps is None else steps, c.step_size, c.noise,
-                        generator=self.gen, clamp=(0.0, 1.0) if self.images else None, grad_clip=c.grad_clip)
+        return langevin(
+            self.net,
+            x.to(self.device),
+            c.steps if steps is None else steps,
+            c.step_size,
+            c.noise,
+            generator=self.gen,
+            clamp=(0.0, 1.0) if self.images else None,
+            grad_clip=c.grad_clip,
+        )
 
     def negatives(self, x_pos):
         "The chain of `cfg.init`: from noise, from the batch (CD-k) or persistent from the buffer (written back)."
         if self.buffer is None:
             return self.chain(from_data(x_pos) if self.cfg.init == "data" else self.noise(len(x_pos)))
         x0, idx = from_buffer(self.buffer, len(x_pos), self.gen)
-        x = self.chain(x0); self.buffer.update(idx, x)
+        x = self.chain(x0)
+        self.buffer.update(idx, x)
         return x
 
     def step(self, batch) -> dict:
         "One CD update; the logged values stay on the device (0-dim tensors) until the training loop reads them."
-        x_pos = batch.to(self.device); x_neg = self.negatives(x_pos)
+        x_pos = batch.to(self.device)
+        x_neg = self.negatives(x_pos)
         e_pos, e_neg = self.net(x_pos), self.net(x_neg)
         loss = e_pos.mean() - e_neg.mean() + self.cfg.alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
         return {"loss": loss.detach(), "energy_pos": e_pos.mean().detach(), "energy_neg": e_neg.mean().detach()}
 
     def sample(self, n: int, steps: int | None = None) -> torch.Tensor:
@@ -98,18 +133,24 @@ class CD:
 
     def state_dict(self) -> dict:
         sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
-        if self.buffer is not None: sd["buffer"] = self.buffer.state_dict()
+        if self.buffer is not None:
+            sd["buffer"] = self.buffer.state_dict()
         return sd
 
     def load_state_dict(self, sd: dict):
-        self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["opt"]); self.gen.set_state(sd["gen"])
-        if self.buffer is not None: self.buffer.load_state_dict(sd["buffer"])
+        self.net.load_state_dict(sd["net"])
+        self.opt.load_state_dict(sd["opt"])
+        self.gen.set_state(sd["gen"])
+        if self.buffer is not None:
+            self.buffer.load_state_dict(sd["buffer"])
 
 # %% ../nbs/10_cd.ipynb #953e34fa
-for _scale, _kw in {"smoke": dict(hidden=64, iters=60, batch_size=128, steps=20),
-                    "quick": dict(hidden=128, iters=1500, batch_size=256, steps=40),
-                    "gpu": dict(hidden=256, iters=6000, batch_size=1024, steps=60),
-                    "paper": dict(hidden=256, iters=20000, batch_size=1024, steps=100)}.items():
+for _scale, _kw in {
+    "smoke": dict(hidden=64, iters=60, batch_size=128, steps=20),
+    "quick": dict(hidden=128, iters=1500, batch_size=256, steps=40),
+    "gpu": dict(hidden=256, iters=6000, batch_size=1024, steps=60),
+    "paper": dict(hidden=256, iters=20000, batch_size=1024, steps=100),
+}.items():
     register_preset("cd", _scale, "toy2d", CDConfig(step_size=0.02, alpha=0.1, **_kw))
 
 # %% ../nbs/10_cd.ipynb #ffaf08f3
@@ -122,6 +163,16 @@ def toy_job(row: dict, seed: int, scale: str = "quick", n_train: int = 20000, n_
     hist = train(model, data, cfg.iters, cfg.batch_size, generator=g, desc=toy)
     samples = model.sample(n_eval)
     s = toy_eval(samples, model.energy, toy, n_eval, 1, seed, auc_box=None, nll=True)
-    return {"nll_grid": s["nll_grid"], "nll_true": s["nll_true"], "nll_uniform": math.log((2 * TOY_BOUND) ** 2),
-            "sw2": s["sw"], "sw2_floor": s["sw_floor"], "n_eval": n_eval, "iters": cfg.iters, "langevin_steps": cfg.steps,
-            "_model": model, "_history": hist, "_samples": samples}
+    return {
+        "nll_grid": s["nll_grid"],
+        "nll_true": s["nll_true"],
+        "nll_uniform": math.log((2 * TOY_BOUND) ** 2),
+        "sw2": s["sw"],
+        "sw2_floor": s["sw_floor"],
+        "n_eval": n_eval,
+        "iters": cfg.iters,
+        "langevin_steps": cfg.steps,
+        "_model": model,
+        "_history": hist,
+        "_samples": samples,
+    }

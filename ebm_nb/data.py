@@ -23,6 +23,7 @@ TOYS = ("8gaussians", "25gaussians", "rings", "checkerboard", "2spirals", "swiss
 TOY_BOUND = 4.5
 MIXTURE_TOYS = ("8gaussians", "25gaussians")
 
+
 def toy_mixture(name: str) -> tuple[torch.Tensor, float]:
     "Centres (K,2) and per-coordinate std of the Gaussian mixture toy `name` (after its final scaling)."
     check_choice("mixture toy", name, MIXTURE_TOYS, hint="Only the two Gaussian mixtures have a closed-form density.")
@@ -33,20 +34,31 @@ def toy_mixture(name: str) -> tuple[torch.Tensor, float]:
     return (torch.cartesian_prod(g, g) / 2.828).float(), 0.05 / 2.828
 
 # %% ../nbs/01_data.ipynb #c06be0e5
-def _u(n, g, *shape): return torch.rand(n, *shape, generator=g)
-def _z(n, g, *shape): return torch.randn(n, *shape, generator=g)
-def _k(k, n, g): return torch.randint(k, (n,), generator=g)
+def _u(n, g, *shape):
+    return torch.rand(n, *shape, generator=g)
+
+
+def _z(n, g, *shape):
+    return torch.randn(n, *shape, generator=g)
+
+
+def _k(k, n, g):
+    return torch.randint(k, (n,), generator=g)
+
 
 def _rings(n, g):
     "Four concentric circles, radii 3, 2.25, 1.5, 0.75, noise std 0.08."
-    r = 0.75 * (_k(4, n, g) + 1).float(); a = 2 * math.pi * _u(n, g)
+    r = 0.75 * (_k(4, n, g) + 1).float()
+    a = 2 * math.pi * _u(n, g)
     return r[:, None] * torch.stack([a.cos(), a.sin()], 1) + 0.08 * _z(n, g, 2)
+
 
 def _checkerboard(n, g):
     "Uniform on the 32 dark squares of an 8x8 checkerboard over [-4,4]^2."
     x1 = 4 * _u(n, g) - 2
     x2 = _u(n, g) - 2 * _k(2, n, g) + torch.floor(x1) % 2
     return 2 * torch.stack([x1, x2], 1)
+
 
 def _spirals(n, g):
     "Two interleaved spirals of 1.5 turns, noise std 0.1."
@@ -55,56 +67,78 @@ def _spirals(n, g):
     sign = 2 * _k(2, n, g).float() - 1
     return sign[:, None] * d / 3 + 0.1 * _z(n, g, 2)
 
+
 def _swissroll(n, g):
     "The 2D Swiss roll, t in [1.5pi, 4.5pi], noise std 1, divided by 5."
     t = 1.5 * math.pi * (1 + 2 * _u(n, g))
     return (torch.stack([t * t.cos(), t * t.sin()], 1) + _z(n, g, 2)) / 5
 
+
 def _moons(n, g):
     "Two interleaving half circles, noise std 0.1, scaled by 2 and centred."
-    t = math.pi * _u(n, g); lower = _k(2, n, g).bool()
-    x = torch.where(lower, 1 - t.cos(), t.cos()); y = torch.where(lower, 0.5 - t.sin(), t.sin())
+    t = math.pi * _u(n, g)
+    lower = _k(2, n, g).bool()
+    x = torch.where(lower, 1 - t.cos(), t.cos())
+    y = torch.where(lower, 0.5 - t.sin(), t.sin())
     return 2 * (torch.stack([x, y], 1) + 0.1 * _z(n, g, 2)) + torch.tensor([-1.0, -0.2])
+
 
 def _pinwheel(n, g):
     "Five curved arms (radial std 0.3, tangential std 0.1, rate 0.25), scaled by 2."
-    f = _z(n, g, 2) * torch.tensor([0.3, 0.1]); f[:, 0] += 1
+    f = _z(n, g, 2) * torch.tensor([0.3, 0.1])
+    f[:, 0] += 1
     a = 2 * math.pi * _k(5, n, g) / 5 + 0.25 * f[:, 0].exp()
     return 2 * torch.stack([f[:, 0] * a.cos() - f[:, 1] * a.sin(), f[:, 0] * a.sin() + f[:, 1] * a.cos()], 1)
 
-_TOY_FNS = {"rings": _rings, "checkerboard": _checkerboard, "2spirals": _spirals,
-            "swissroll": _swissroll, "moons": _moons, "pinwheel": _pinwheel}
+
+_TOY_FNS = {
+    "rings": _rings,
+    "checkerboard": _checkerboard,
+    "2spirals": _spirals,
+    "swissroll": _swissroll,
+    "moons": _moons,
+    "pinwheel": _pinwheel,
+}
 
 # %% ../nbs/01_data.ipynb #0f8bb237
 def sample_toy(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "`n` samples (float32, (n,2)) from the 2D toy distribution `name` (one of `TOYS`)."
-    check_choice("toy", name, TOYS); n = check_int("n", n)
+    check_choice("toy", name, TOYS)
+    n = check_int("n", n)
     if name in MIXTURE_TOYS:
         c, std = toy_mixture(name)
         return (c[_k(len(c), n, generator)] + std * _z(n, generator, 2)).float()
     return _TOY_FNS[name](n, generator).float()
 
+
 def toy_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
     "Exact log-density (N,) of the mixture toy `name` at points `x` (N,2); a `ValueError` for toys without one."
     if name in TOYS and name not in MIXTURE_TOYS:
-        raise ValueError(f"toy {name!r} has no closed-form density; toy_log_density works for "
-                         f"{', '.join(MIXTURE_TOYS)}. Compare samples (e.g. sliced_w2, mmd_rbf) for the others.")
+        raise ValueError(
+            f"toy {name!r} has no closed-form density; toy_log_density works for "
+            f"{', '.join(MIXTURE_TOYS)}. Compare samples (e.g. sliced_w2, mmd_rbf) for the others."
+        )
     c, std = toy_mixture(name)
-    if x.ndim != 2 or x.shape[1] != 2: raise ValueError(f"x must have shape (N,2), got {tuple(x.shape)}.")
-    c = c.to(x.device, torch.float64); out = []
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must have shape (N,2), got {tuple(x.shape)}.")
+    c = c.to(x.device, torch.float64)
+    out = []
     for xb in x.to(torch.float64).split(65536):
-        d2 = torch.cdist(xb, c).square()                                      # (B,K)
+        d2 = torch.cdist(xb, c).square()  # (B,K)
         out.append(torch.logsumexp(-d2 / (2 * std**2), 1) - math.log(len(c)) - math.log(2 * math.pi * std**2))
     return torch.cat(out).to(x.dtype if x.is_floating_point() else torch.float32)
 
 # %% ../nbs/01_data.ipynb #89737c1b
 DIGIT_SIZES = (8, 16, 28, 32)
 
+
 @functools.lru_cache(maxsize=1)
 def _digits_raw() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits as sk_digits
+
     d = sk_digits()
     return torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0, torch.tensor(d.target, dtype=torch.long)
+
 
 def load_digits(size: int = 8, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "scikit-learn's 1,797 digits as float (N,1,size,size) in [0,1] and long labels; shuffled when `generator` is given."
@@ -113,26 +147,44 @@ def load_digits(size: int = 8, generator: torch.Generator | None = None) -> tupl
     if size != 8:
         inner = size if size == 16 else size - 8
         x = F.interpolate(x, size=(inner, inner), mode="bilinear", align_corners=False).clamp(0, 1)
-        if inner != size: x = F.pad(x, (4, 4, 4, 4))
+        if inner != size:
+            x = F.pad(x, (4, 4, 4, 4))
     if generator is not None:
-        p = torch.randperm(len(x), generator=generator); x, y = x[p], y[p]
+        p = torch.randperm(len(x), generator=generator)
+        x, y = x[p], y[p]
     return x.clone(), y.clone()
 
 # %% ../nbs/01_data.ipynb #8a3fd6a9
-FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 FMNIST_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
     "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"}
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+}
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FMNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 SPLITS = ("train", "test")
+
 
 def fmnist_dirs(root=None) -> list[Path]:
     "The folders searched for the Fashion-MNIST files, in order."
-    if root is not None: return [Path(root)]
+    if root is not None:
+        return [Path(root)]
     return [data_dir() / "fashion-mnist", data_dir() / "FashionMNIST" / "raw", FMNIST_SYSTEM_DIR]
 
 # %% ../nbs/01_data.ipynb #f5ab2816
@@ -140,31 +192,42 @@ def read_idx(path, fix: str = "get a good copy of it") -> torch.Tensor:
     "Parse an (optionally gzipped) IDX file of unsigned bytes into a uint8 tensor; a broken file's error ends with `fix`."
     path = Path(path)
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f: raw = f.read()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise ValueError(f"{path} is truncated or corrupt ({e}); {fix}.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex()!r}, expected 000008xx); "
-                         "the file is corrupt or of another format.")
+        raise ValueError(
+            f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex()!r}, expected 000008xx); "
+            "the file is corrupt or of another format."
+        )
     ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = raw[4 + 4 * ndim:]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = raw[4 + 4 * ndim :]
     if len(body) != math.prod(dims):
-        raise ValueError(f"{path} is corrupt: its header says shape {dims} ({math.prod(dims)} bytes) but {len(body)} bytes follow.")
+        raise ValueError(
+            f"{path} is corrupt: its header says shape {dims} ({math.prod(dims)} bytes) but {len(body)} bytes follow."
+        )
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
+
 
 def write_idx(path, x: torch.Tensor):
     "Write a uint8 tensor as an IDX file (gzipped when `path` ends in .gz); for tests and small subsets."
-    path = Path(path); x = torch.as_tensor(x).to(torch.uint8).contiguous()
+    path = Path(path)
+    x = torch.as_tensor(x).to(torch.uint8).contiguous()
     head = bytes([0, 0, 0x08, x.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in x.shape)
-    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f: f.write(head + x.numpy().tobytes())
+    with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
+        f.write(head + x.numpy().tobytes())
+
 
 @functools.lru_cache(maxsize=None)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
+
 
 def sha256(path) -> str:
     "SHA-256 hex digest of the file at `path` (computed once per process while the file is unchanged)."
@@ -175,15 +238,21 @@ def sha256(path) -> str:
 def _find_split(split: str, root=None) -> Path:
     dirs = fmnist_dirs(root)
     for d in dirs:
-        if all((d / f).is_file() for f in FMNIST_FILES[split]): return d
+        if all((d / f).is_file() for f in FMNIST_FILES[split]):
+            return d
     raise FileNotFoundError(
         f"Fashion-MNIST {split} files ({', '.join(FMNIST_FILES[split])}) not found in {', '.join(map(str, dirs))}; "
         f"install them with `apt-get install dataset-fashion-mnist` (as root), put the four .gz files in "
-        f"{data_dir() / 'fashion-mnist'}, or pass download=True to fetch them through torchvision.")
+        f"{data_dir() / 'fashion-mnist'}, or pass download=True to fetch them through torchvision."
+    )
+
 
 def _fmnist_fix() -> str:
-    return ("delete it and get a good copy: `apt-get install --reinstall dataset-fashion-mnist` (as root), the official "
-            f".gz file in {data_dir() / 'fashion-mnist'}, or download=True to fetch the release through torchvision")
+    return (
+        "delete it and get a good copy: `apt-get install --reinstall dataset-fashion-mnist` (as root), the official "
+        f".gz file in {data_dir() / 'fashion-mnist'}, or download=True to fetch the release through torchvision"
+    )
+
 
 @functools.lru_cache(maxsize=4)
 def _load_pair(folder: str, split: str, check_sha: bool, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,93 +261,136 @@ def _load_pair(folder: str, split: str, check_sha: bool, stamp: tuple) -> tuple[
         for p in paths:
             got = sha256(p)
             if got != FMNIST_SHA256[p.name]:
-                raise ValueError(f"{p} is corrupt: its SHA-256 is {got} but the Fashion-MNIST release has "
-                                 f"{FMNIST_SHA256[p.name]}; delete it and get it again (or pass check_sha=False "
-                                 "for files that are deliberately not the official release).")
+                raise ValueError(
+                    f"{p} is corrupt: its SHA-256 is {got} but the Fashion-MNIST release has "
+                    f"{FMNIST_SHA256[p.name]}; delete it and get it again (or pass check_sha=False "
+                    "for files that are deliberately not the official release)."
+                )
     x, y = read_idx(paths[0], _fmnist_fix()), read_idx(paths[1], _fmnist_fix())
     if x.ndim != 3 or tuple(x.shape[1:]) != (28, 28) or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"{folder}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match; expected (N,28,28) and (N,).")
+        raise ValueError(
+            f"{folder}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match; expected (N,28,28) and (N,)."
+        )
     return x, y.long()
+
 
 def download_fashion_mnist(root=None) -> Path:
     "Download Fashion-MNIST through torchvision into `root` (default `data_dir()`); return the folder of the .gz files."
     from torchvision.datasets import FashionMNIST
+
     root = Path(root or data_dir())
-    for train in (True, False): FashionMNIST(root=root, train=train, download=True)
+    for train in (True, False):
+        FashionMNIST(root=root, train=train, download=True)
     return root / "FashionMNIST" / "raw"
 
-def load_fashion_mnist(split: str = "train", root=None, download: bool = False,
-                       check_sha: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+
+def load_fashion_mnist(
+    split: str = "train", root=None, download: bool = False, check_sha: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Fashion-MNIST `split` as (uint8 images (N,28,28), int64 labels (N,)), from `root` or the standard places."
     check_choice("split", split, SPLITS)
-    try: folder = _find_split(split, root)
+    try:
+        folder = _find_split(split, root)
     except FileNotFoundError:
-        if not download: raise
+        if not download:
+            raise
         folder = download_fashion_mnist(root)
     stamp = tuple((os.stat(folder / f).st_size, os.stat(folder / f).st_mtime_ns) for f in FMNIST_FILES[split])
     x, y = _load_pair(str(folder.resolve()), split, check_sha, stamp)
     return x.clone(), y.clone()
 
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     "uint8 images (N,H,W) or (N,C,H,W) -> float32 (N,C,H,W) in [0,1]."
-    if x.dtype != torch.uint8: raise TypeError(f"to_float expects uint8 images, got dtype {x.dtype}; float images are already in [0,1].")
-    if x.ndim == 3: x = x[:, None]
-    if x.ndim != 4: raise ValueError(f"to_float expects (N,H,W) or (N,C,H,W) images, got shape {tuple(x.shape)}.")
+    if x.dtype != torch.uint8:
+        raise TypeError(f"to_float expects uint8 images, got dtype {x.dtype}; float images are already in [0,1].")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"to_float expects (N,H,W) or (N,C,H,W) images, got shape {tuple(x.shape)}.")
     return x.float() / 255.0
 
 # %% ../nbs/01_data.ipynb #bda4fb18
 TV_DATASETS = ("mnist", "cifar10", "svhn", "celeba")
-TV_SPLITS = {"mnist": SPLITS, "cifar10": SPLITS, "svhn": ("train", "test", "extra"),
-             "celeba": ("train", "valid", "test", "all")}
-TV_LAYOUT = {"mnist": "MNIST/raw/ holding the four uncompressed IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte)",
-             "cifar10": "cifar-10-batches-py/ holding data_batch_1..5, test_batch and batches.meta",
-             "svhn": "{split}_32x32.mat",
-             "celeba": "celeba/ holding img_align_celeba/ and list_eval_partition.txt, list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt"}
+TV_SPLITS = {
+    "mnist": SPLITS,
+    "cifar10": SPLITS,
+    "svhn": ("train", "test", "extra"),
+    "celeba": ("train", "valid", "test", "all"),
+}
+TV_LAYOUT = {
+    "mnist": "MNIST/raw/ holding the four uncompressed IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte)",
+    "cifar10": "cifar-10-batches-py/ holding data_batch_1..5, test_batch and batches.meta",
+    "svhn": "{split}_32x32.mat",
+    "celeba": "celeba/ holding img_align_celeba/ and list_eval_partition.txt, list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt",
+}
+
 
 def celeba_transform(size: int = 64, crop: int = 140):
     "CelebA preprocessing of the EBM papers: center crop `crop` x `crop`, resize to `size`, float [0,1]."
     from torchvision import transforms as T
+
     return T.Compose([T.CenterCrop(crop), T.Resize(size), T.ToTensor()])
+
 
 def load_torchvision(name: str, split: str = "train", root=None, download: bool = False):
     "torchvision dataset `name` (mnist, cifar10, svhn, celeba) as a `Dataset` of float [0,1] images, from `root` or `data_dir()`."
     check_choice("dataset", name, TV_DATASETS, hint="Fashion-MNIST has its own loader, load_fashion_mnist.")
     check_choice(f"{name} split", split, TV_SPLITS[name])
     from torchvision import datasets, transforms as T
+
     root = Path(root or data_dir())
     try:
-        if name == "mnist": return datasets.MNIST(root, train=split == "train", transform=T.ToTensor(), download=download)
-        if name == "cifar10": return datasets.CIFAR10(root, train=split == "train", transform=T.ToTensor(), download=download)
-        if name == "svhn": return datasets.SVHN(root, split=split, transform=T.ToTensor(), download=download)
+        if name == "mnist":
+            return datasets.MNIST(root, train=split == "train", transform=T.ToTensor(), download=download)
+        if name == "cifar10":
+            return datasets.CIFAR10(root, train=split == "train", transform=T.ToTensor(), download=download)
+        if name == "svhn":
+            return datasets.SVHN(root, split=split, transform=T.ToTensor(), download=download)
         return datasets.CelebA(root, split=split, target_type="attr", transform=celeba_transform(), download=download)
     except RuntimeError as e:
-        if download or "not found" not in str(e).lower(): raise
-        raise FileNotFoundError(f"{name} {split} was not found (or failed torchvision's checksum) under {root}; put "
-                                f"{TV_LAYOUT[name].replace('{split}', split)} there, or pass download=True to fetch it.") from None
+        if download or "not found" not in str(e).lower():
+            raise
+        raise FileNotFoundError(
+            f"{name} {split} was not found (or failed torchvision's checksum) under {root}; put "
+            f"{TV_LAYOUT[name].replace('{split}', split)} there, or pass download=True to fetch it."
+        ) from None
 
 # %% ../nbs/01_data.ipynb #b15a5973
-def dataset_tensors(ds, n: int | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_tensors(
+    ds, n: int | None = None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Stack `n` random examples (all when `n` is None) of a `Dataset` of (image, target) into tensors `(x, y)`."
-    idx = torch.arange(len(ds)) if n is None else torch.randperm(len(ds), generator=generator)[:check_int("n", n)]
+    idx = torch.arange(len(ds)) if n is None else torch.randperm(len(ds), generator=generator)[: check_int("n", n)]
     items = [ds[int(i)] for i in idx]
     return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.stack([torch.as_tensor(b) for _, b in items])
 
 # %% ../nbs/01_data.ipynb #692b2c91
 OOD_SETS = ("mnist_digits", "fmnist_vflip", "uniform", "constant", "average")
 
+
 def ood_sets(x_test: torch.Tensor, n: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     "Out-of-distribution sets (`OOD_SETS`) of `n` images each for a model of float images `x_test` (N,1,28,28)."
-    if not torch.is_tensor(x_test) or not x_test.is_floating_point() or x_test.ndim != 4 or tuple(x_test.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"x_test must be float images (N,1,28,28) in [0,1], got {getattr(x_test, 'dtype', type(x_test))} "
-                         f"{tuple(getattr(x_test, 'shape', ()))}; convert uint8 images with to_float.")
+    if (
+        not torch.is_tensor(x_test)
+        or not x_test.is_floating_point()
+        or x_test.ndim != 4
+        or tuple(x_test.shape[1:]) != (1, 28, 28)
+    ):
+        raise ValueError(
+            f"x_test must be float images (N,1,28,28) in [0,1], got {getattr(x_test, 'dtype', type(x_test))} "
+            f"{tuple(getattr(x_test, 'shape', ()))}; convert uint8 images with to_float."
+        )
     n, g, N = check_int("n", n), generator, len(x_test)
     digits = load_digits(28)[0]
     pick = lambda m: _k(m, n, g)
-    out = {"mnist_digits": digits[pick(len(digits))],
-           "fmnist_vflip": x_test[pick(N).to(x_test.device)].flip(-2),
-           "uniform": torch.rand(n, 1, 28, 28, generator=g),
-           "constant": torch.rand(n, 1, 1, 1, generator=g).expand(n, 1, 28, 28).clone(),
-           "average": (x_test[pick(N).to(x_test.device)] + x_test[pick(N).to(x_test.device)]) / 2}
+    out = {
+        "mnist_digits": digits[pick(len(digits))],
+        "fmnist_vflip": x_test[pick(N).to(x_test.device)].flip(-2),
+        "uniform": torch.rand(n, 1, 28, 28, generator=g),
+        "constant": torch.rand(n, 1, 1, 1, generator=g).expand(n, 1, 28, 28).clone(),
+        "average": (x_test[pick(N).to(x_test.device)] + x_test[pick(N).to(x_test.device)]) / 2,
+    }
     return {k: v.to(x_test.device, x_test.dtype) for k, v in out.items()}
 
 # %% ../nbs/01_data.ipynb #d3e69f27
@@ -286,9 +398,11 @@ def _rand_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     dev = generator.device if generator is not None else x.device
     return torch.rand(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 
+
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels: int = 256) -> torch.Tensor:
     "Uniform dequantisation of images `x` in [0,1] with `levels` grey levels: (x*(levels-1) + U(0,1)) / levels."
-    if not x.is_floating_point(): raise TypeError(f"dequantize expects float images in [0,1], got dtype {x.dtype}; use to_float first.")
+    if not x.is_floating_point():
+        raise TypeError(f"dequantize expects float images in [0,1], got dtype {x.dtype}; use to_float first.")
     check_int("levels", levels)
     return (x * (levels - 1) + _rand_like(x, generator)) / levels
 
@@ -301,11 +415,14 @@ def batches(x, batch_size: int, generator: torch.Generator | None = None):
         raise ValueError(f"all tensors given to batches must have the same length, got {[len(t) for t in tensors]}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if batch_size > n: raise ValueError(f"batch_size {batch_size} is larger than the {n} examples; use at most {n}.")
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} examples; use at most {n}.")
     dev = generator.device if generator is not None else "cpu"
+
     def _iter():
         while True:
             idx = torch.randint(n, (batch_size,), generator=generator, device=dev)
             out = tuple(t[idx.to(t.device)] for t in tensors)
             yield out if isinstance(x, (tuple, list)) else out[0]
+
     return _iter()

@@ -12,7 +12,8 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from .nets import _gn  # one GroupNorm rule for every net
-from .core import check_choice, check_positive, pick_device, register_preset, check_int
+from .core import check_choice, check_positive, pick_device, check_int
+from .presets import register_preset
 
 # %% auto #0
 __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', 'var_betas', 'karras_sigmas', 'ancestral_sigmas',
@@ -22,13 +23,18 @@ __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', '
 
 # %% ../nbs/13_diffusion.ipynb #29cf0bf4
 def _check_beta_range(start, end):
-    check_positive("start", start); check_positive("end", end)
-    if not start <= end < 1: raise ValueError(f"betas must satisfy 0 < start <= end < 1, got start={start}, end={end}.")
+    check_positive("start", start)
+    check_positive("end", end)
+    if not start <= end < 1:
+        raise ValueError(f"betas must satisfy 0 < start <= end < 1, got start={start}, end={end}.")
+
 
 def linear_betas(n: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
     "DDPM's linear beta schedule: `n` betas from `start` to `end` (float64)."
-    check_int("n", n); _check_beta_range(start, end)
+    check_int("n", n)
+    _check_beta_range(start, end)
     return torch.linspace(start, end, n, dtype=torch.float64)
+
 
 def alpha_bars(betas: Tensor) -> Tensor:
     "Cumulative products $\\bar\\alpha_k = \\prod_{j\\le k} (1-\\beta_j)$ (float64)."
@@ -44,11 +50,13 @@ def _var_betas(T: int, start: float, target: float) -> Tensor:
     betas = lambda x: start * (1 + i * x) ** 2
     prod = lambda x: torch.prod(1 - betas(x)).item()
     lo, hi = 0.0, 0.95 / (math.sqrt(start) * T)
-    if prod(hi) >= target: return betas(hi)              # the cap binds: the chain cannot reach the target noise
-    for _ in range(200):                                 # prod is decreasing in x: bisect
+    if prod(hi) >= target:
+        return betas(hi)  # the cap binds: the chain cannot reach the target noise
+    for _ in range(200):  # prod is decreasing in x: bisect
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if prod(mid) > target else (lo, mid)
     return betas(hi)
+
 
 def var_betas(T: int, n_ref: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
     "FastDPM's quadratic 'VAR' schedule of `T` betas matching the final alpha-bar of the linear `n_ref`-step schedule."
@@ -56,23 +64,30 @@ def var_betas(T: int, n_ref: int = 1000, start: float = 1e-4, end: float = 0.02)
     return _var_betas(T, start, alpha_bars(linear_betas(n_ref, start, end))[-1].item())
 
 # %% ../nbs/13_diffusion.ipynb #47352cfa
-def karras_sigmas(T: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = False) -> Tensor:
+def karras_sigmas(
+    T: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = False
+) -> Tensor:
     "`T` noise levels from `sigma_max` down to `sigma_min`, spaced uniformly in sigma^(1/rho); `append_zero` adds a final 0."
-    check_int("T", T); check_positive("sigma_min", sigma_min); check_positive("rho", rho)
-    if not sigma_max > sigma_min: raise ValueError(f"sigma_max must exceed sigma_min, got sigma_max={sigma_max}, sigma_min={sigma_min}.")
+    check_int("T", T)
+    check_positive("sigma_min", sigma_min)
+    check_positive("rho", rho)
+    if not sigma_max > sigma_min:
+        raise ValueError(f"sigma_max must exceed sigma_min, got sigma_max={sigma_max}, sigma_min={sigma_min}.")
     ramp = torch.linspace(0, 1, T, dtype=torch.float64) if T > 1 else torch.zeros(1, dtype=torch.float64)
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([s, s.new_zeros(1)]) if append_zero else s
 
+
 def ancestral_sigmas(sigma_from: Tensor, sigma_to: Tensor) -> tuple[Tensor, Tensor]:
     "Split an ancestral step from `sigma_from` to `sigma_to` into (sigma_down, sigma_up)."
-    up = (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2).clamp(min=0).sqrt()
-    return (sigma_to ** 2 - up ** 2).clamp(min=0).sqrt(), up
+    up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).clamp(min=0).sqrt()
+    return (sigma_to**2 - up**2).clamp(min=0).sqrt(), up
 
 # %% ../nbs/13_diffusion.ipynb #b21c75eb
 @dataclass
 class Schedule:
     "A discrete diffusion schedule: `betas` over its `n` steps, in diffusion order (index 0 = least noise)."
+
     betas: Tensor
 
     def __post_init__(self):
@@ -80,26 +95,35 @@ class Schedule:
         self.alpha_bar = alpha_bars(self.betas)
 
     @property
-    def n(self) -> int: return len(self.betas)
+    def n(self) -> int:
+        return len(self.betas)
 
     @classmethod
     def linear(cls, n: int = 1000, start: float = 1e-4, end: float = 0.02) -> "Schedule":
         "DDPM's linear schedule."
         return cls(linear_betas(n, start, end))
 
+
 def continuous_time(schedule: Schedule, alpha_bar: Tensor) -> Tensor:
     "The (fractional) timestep of `schedule` at which its alpha-bar equals `alpha_bar` (log alpha-bar interpolated)."
     ref = -schedule.alpha_bar.log().numpy()
-    return torch.from_numpy(np.interp(-torch.as_tensor(alpha_bar, dtype=torch.float64).log().numpy(), ref, np.arange(schedule.n, dtype=np.float64)))
+    return torch.from_numpy(
+        np.interp(
+            -torch.as_tensor(alpha_bar, dtype=torch.float64).log().numpy(), ref, np.arange(schedule.n, dtype=np.float64)
+        )
+    )
+
 
 def step_coeffs(alpha_bar: Tensor, alpha_bar_next: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
     "(a, c) of the step x' = a x + c eps(x) + sigma z from noise level `alpha_bar` to `alpha_bar_next` (sigma^2 capped at 1 - alpha_bar_next)."
     a = (alpha_bar_next / alpha_bar).sqrt()
-    return a, (1 - alpha_bar_next - sigma ** 2).clamp(min=0).sqrt() - (1 - alpha_bar).sqrt() * a
+    return a, (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() - (1 - alpha_bar).sqrt() * a
+
 
 def to_rl(v: Tensor) -> Tensor:
     "Per-step tensor in diffusion order (k = 0 least noisy) -> RL order (t = 0 noisiest); t = T - 1 - k."
     return v.flip(0)
+
 
 from_rl = to_rl  # the inverse permutation is the same flip
 
@@ -107,47 +131,59 @@ from_rl = to_rl  # the inverse permutation is the same flip
 @dataclass
 class RLSteps:
     "Per-step coefficients in RL order (t = 0 starts from noise): x_{t+1} = a[t] x_t + c[t] eps(x_t, time[t]) + sigma[t] z."
-    time: Tensor            # (T,) the eps-net's time input
-    alpha_bar: Tensor       # (T,) noise level of x_t
+
+    time: Tensor  # (T,) the eps-net's time input
+    alpha_bar: Tensor  # (T,) noise level of x_t
     alpha_bar_next: Tensor  # (T,) noise level of x_{t+1} (1 after the last step)
-    sigma: Tensor           # (T,) noise std of the step
-    a: Tensor               # (T,) sqrt(alpha_bar_next / alpha_bar)
-    c: Tensor               # (T,) coefficient of the predicted noise
+    sigma: Tensor  # (T,) noise std of the step
+    a: Tensor  # (T,) sqrt(alpha_bar_next / alpha_bar)
+    c: Tensor  # (T,) coefficient of the predicted noise
 
     @property
-    def T(self) -> int: return len(self.time)
+    def T(self) -> int:
+        return len(self.time)
+
 
 @dataclass
 class Respaced:
     "A T-step sub-schedule of a reference schedule, per-step tensors in diffusion order (k = 0 is the last sampling step)."
-    time: Tensor            # (T,) the eps-net's time input at step k, in reference timesteps (may be fractional)
-    alpha_bar: Tensor       # (T,) noise level the step starts from
+
+    time: Tensor  # (T,) the eps-net's time input at step k, in reference timesteps (may be fractional)
+    alpha_bar: Tensor  # (T,) noise level the step starts from
     alpha_bar_prev: Tensor  # (T,) noise level it ends at (index k-1; 1 for k = 0)
-    sigma: Tensor           # (T,) noise std of the step (DDPM posterior std unless overridden)
+    sigma: Tensor  # (T,) noise std of the step (DDPM posterior std unless overridden)
 
     @property
-    def T(self) -> int: return len(self.time)
+    def T(self) -> int:
+        return len(self.time)
 
     @property
-    def betas(self) -> Tensor: return 1 - self.alpha_bar / self.alpha_bar_prev
+    def betas(self) -> Tensor:
+        return 1 - self.alpha_bar / self.alpha_bar_prev
 
     def rl(self) -> RLSteps:
         "The same steps in RL order, with the step coefficients a and c."
         a, c = step_coeffs(self.alpha_bar, self.alpha_bar_prev, self.sigma)
         return RLSteps(*(to_rl(v) for v in (self.time, self.alpha_bar, self.alpha_bar_prev, self.sigma, a, c)))
 
+
 RESPACINGS = ("even", "var")
+
 
 def posterior_std(alpha_bar: Tensor, alpha_bar_prev: Tensor) -> Tensor:
     "DDPM posterior std of q(x_{k-1} | x_k, x_0) for a step from `alpha_bar` to `alpha_bar_prev`."
     return ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
 
+
 def respace(schedule: Schedule, T: int, kind: str = "even", last_sigma: float | None = None) -> Respaced:
     "T-step sub-schedule of `schedule`: 'even' timesteps (first and last included) or FastDPM's 'var' noise levels."
-    T = check_int("T", T); check_choice("kind", kind, RESPACINGS)
-    if not isinstance(schedule, Schedule): raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}; use Schedule.linear().")
+    T = check_int("T", T)
+    check_choice("kind", kind, RESPACINGS)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}; use Schedule.linear().")
     if kind == "even":
-        if T > schedule.n: raise ValueError(f"T={T} exceeds the {schedule.n} steps of the reference schedule; use T <= {schedule.n}.")
+        if T > schedule.n:
+            raise ValueError(f"T={T} exceeds the {schedule.n} steps of the reference schedule; use T <= {schedule.n}.")
         idx = torch.linspace(schedule.n - 1, 0, T, dtype=torch.float64).round().long().flip(0)
         time, ab = idx.double(), schedule.alpha_bar[idx]
     else:
@@ -155,16 +191,20 @@ def respace(schedule: Schedule, T: int, kind: str = "even", last_sigma: float | 
         time = continuous_time(schedule, ab)
     ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
     sigma = posterior_std(ab, ab_prev)
-    if last_sigma is not None: sigma[0] = check_positive("last_sigma", last_sigma, zero_ok=True)
+    if last_sigma is not None:
+        sigma[0] = check_positive("last_sigma", last_sigma, zero_ok=True)
     return Respaced(time, ab, ab_prev, sigma)
 
 # %% ../nbs/13_diffusion.ipynb #6241f0a9
 def _time(t, n: int, device) -> Tensor:
     "Time input as a float (n,) tensor on `device`, broadcasting a number or a 0-d tensor."
     t = torch.as_tensor(t, dtype=torch.float32, device=device)
-    if t.ndim == 0: t = t.expand(n)
-    if t.shape != (n,): raise ValueError(f"t must be a number or a (N,) tensor with N = {n}, got shape {tuple(t.shape)}.")
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"t must be a number or a (N,) tensor with N = {n}, got shape {tuple(t.shape)}.")
     return t
+
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> Tensor:
     "Sinusoidal embedding (N, dim) of times `t` (a number or an (N,) tensor): [cos(t w_j), sin(t w_j)], w_j = max_period^(-j/half)."
@@ -180,26 +220,42 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> Tensor:
 # %% ../nbs/13_diffusion.ipynb #35317481
 TIME_ACTS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
+
 class TimeMLP(nn.Module):
     "MLP on [x, sinusoidal embedding of t]: (N, dim), t -> (N, out_dim)."
-    def __init__(self, dim: int = 2, out_dim: int | None = None, hidden: int = 128, depth: int = 3, emb_dim: int = 32, act: str = "silu"):
+
+    def __init__(
+        self,
+        dim: int = 2,
+        out_dim: int | None = None,
+        hidden: int = 128,
+        depth: int = 3,
+        emb_dim: int = 32,
+        act: str = "silu",
+    ):
         super().__init__()
-        for k, v in dict(dim=dim, hidden=hidden, depth=depth, emb_dim=emb_dim).items(): check_int(k, v)
+        for k, v in dict(dim=dim, hidden=hidden, depth=depth, emb_dim=emb_dim).items():
+            check_int(k, v)
         out_dim = dim if out_dim is None else check_int("out_dim", out_dim)
         check_choice("act", act, tuple(TIME_ACTS))
         self.dim, self.out_dim, self.emb_dim = dim, out_dim, emb_dim
         layers, d = [], dim + emb_dim
-        for _ in range(depth): layers += [nn.Linear(d, hidden), TIME_ACTS[act]()]; d = hidden
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), TIME_ACTS[act]()]
+            d = hidden
         self.net = nn.Sequential(*layers, nn.Linear(d, out_dim))
 
     def forward(self, x: Tensor, t) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"TimeMLP(dim={self.dim}) needs x of shape (N, {self.dim}), got {tuple(x.shape)}; flatten or pick dim to match.")
+            raise ValueError(
+                f"TimeMLP(dim={self.dim}) needs x of shape (N, {self.dim}), got {tuple(x.shape)}; flatten or pick dim to match."
+            )
         return self.net(torch.cat([x, timestep_embedding(_time(t, len(x), x.device), self.emb_dim).to(x.dtype)], 1))
 
 # %% ../nbs/13_diffusion.ipynb #ae576942
 class ResBlock(nn.Module):
     "Residual conv block with the time embedding added after the first conv."
+
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float = 0.0):
         super().__init__()
         self.conv1 = nn.Sequential(_gn(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
@@ -211,40 +267,68 @@ class ResBlock(nn.Module):
         h = self.conv1(x) + self.emb(emb)[:, :, None, None]
         return self.skip(x) + self.conv2(h)
 
+
 class SmallUNet(nn.Module):
     "Time-conditioned UNet for eps prediction: (N, in_ch, size, size), t -> same shape."
-    def __init__(self, in_ch: int = 1, size: int = 28, ch: int = 32, ch_mult: tuple = (1, 2, 2), emb_dim: int = 128, dropout: float = 0.0):
+
+    def __init__(
+        self,
+        in_ch: int = 1,
+        size: int = 28,
+        ch: int = 32,
+        ch_mult: tuple = (1, 2, 2),
+        emb_dim: int = 128,
+        dropout: float = 0.0,
+    ):
         super().__init__()
-        for k, v in dict(in_ch=in_ch, size=size, ch=ch, emb_dim=emb_dim).items(): check_int(k, v)
+        for k, v in dict(in_ch=in_ch, size=size, ch=ch, emb_dim=emb_dim).items():
+            check_int(k, v)
         if not ch_mult or not all(isinstance(m, int) and m >= 1 for m in ch_mult):
-            raise ValueError(f"ch_mult must be a non-empty tuple of positive integers, got {ch_mult!r}; e.g. (1, 2, 2).")
+            raise ValueError(
+                f"ch_mult must be a non-empty tuple of positive integers, got {ch_mult!r}; e.g. (1, 2, 2)."
+            )
         if size % 2 ** (len(ch_mult) - 1):
-            raise ValueError(f"size={size} must be divisible by {2 ** (len(ch_mult) - 1)} for {len(ch_mult) - 1} downsamplings; use 28 or 32 with ch_mult=(1, 2, 2).")
-        if not 0 <= dropout < 1: raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+            raise ValueError(
+                f"size={size} must be divisible by {2 ** (len(ch_mult) - 1)} for {len(ch_mult) - 1} downsamplings; use 28 or 32 with ch_mult=(1, 2, 2)."
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
         self.in_ch, self.size, self.ch = in_ch, size, ch
         self.temb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(in_ch, ch, 3, padding=1)
         chans, c = [ch * m for m in ch_mult], ch
         self.down, self.pool = nn.ModuleList(), nn.ModuleList()
         for i, co in enumerate(chans):
-            self.down.append(ResBlock(c, co, emb_dim, dropout)); c = co
+            self.down.append(ResBlock(c, co, emb_dim, dropout))
+            c = co
             self.pool.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), ResBlock(c, c, emb_dim, dropout)])
         self.up, self.unpool = nn.ModuleList(), nn.ModuleList()
         for i, co in reversed(list(enumerate(chans))):
-            self.up.append(ResBlock(c + co, co, emb_dim, dropout)); c = co
-            self.unpool.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)) if i > 0 else nn.Identity())
+            self.up.append(ResBlock(c + co, co, emb_dim, dropout))
+            c = co
+            self.unpool.append(
+                nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
+                if i > 0
+                else nn.Identity()
+            )
         self.out = nn.Sequential(_gn(c), nn.SiLU(), nn.Conv2d(c, in_ch, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight); nn.init.zeros_(self.out[-1].bias)
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x: Tensor, t) -> Tensor:
         if x.ndim != 4 or x.shape[1:] != (self.in_ch, self.size, self.size):
-            raise ValueError(f"SmallUNet(in_ch={self.in_ch}, size={self.size}) needs x of shape (N, {self.in_ch}, {self.size}, {self.size}), got {tuple(x.shape)}.")
+            raise ValueError(
+                f"SmallUNet(in_ch={self.in_ch}, size={self.size}) needs x of shape (N, {self.in_ch}, {self.size}, {self.size}), got {tuple(x.shape)}."
+            )
         emb = self.temb(timestep_embedding(_time(t, len(x), x.device), self.ch).to(x.dtype))
         h, skips = self.stem(x), []
         for block, pool in zip(self.down, self.pool):
-            h = block(h, emb); skips.append(h); h = pool(h)
-        for block in self.mid: h = block(h, emb)
+            h = block(h, emb)
+            skips.append(h)
+            h = pool(h)
+        for block in self.mid:
+            h = block(h, emb)
         for block, unpool in zip(self.up, self.unpool):
             h = unpool(block(torch.cat([h, skips.pop()], 1), emb))
         return self.out(h)
@@ -252,21 +336,26 @@ class SmallUNet(nn.Module):
 # %% ../nbs/13_diffusion.ipynb #847e69c7
 class DiffusionSampler(nn.Module):
     "T-step Gaussian policy x_{t+1} = a_t x_t + c_t net(x_t, time_t) + sigma_t eps in RL time (x_0 ~ N(0, I), x_T the sample)."
+
     def __init__(self, net: nn.Module, shape: tuple, a, c, time, sigma, fix_last: bool = False):
         super().__init__()
         self.net, self.shape, self.fix_last = net, tuple(shape), fix_last
-        for k, v in dict(a=a, c=c, time=time).items(): self.register_buffer(k, torch.as_tensor(v, dtype=torch.float32).clone())
+        for k, v in dict(a=a, c=c, time=time).items():
+            self.register_buffer(k, torch.as_tensor(v, dtype=torch.float32).clone())
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
-        if not (len(sigma) == len(self.a) == len(self.c) == len(self.time)): raise ValueError("a, c, time and sigma need one value per step.")
+        if not (len(sigma) == len(self.a) == len(self.c) == len(self.time)):
+            raise ValueError("a, c, time and sigma need one value per step.")
         self.log_sigma = nn.Parameter(sigma.clamp(min=1e-4).log())
 
     @property
-    def T(self) -> int: return len(self.a)
+    def T(self) -> int:
+        return len(self.a)
 
     def sigma(self) -> Tensor:
         "Noise std per step (T,); the last is held fixed when `fix_last`."
         ls = self.log_sigma
-        if self.fix_last: ls = torch.cat([ls[:-1], ls[-1:].detach()])
+        if self.fix_last:
+            ls = torch.cat([ls[:-1], ls[-1:].detach()])
         return ls.exp()
 
     def mean(self, x: Tensor, t: Tensor) -> Tensor:
@@ -282,14 +371,24 @@ class DiffusionSampler(nn.Module):
         return torch.randn(n, *self.shape, generator=generator).to(self.a.device)
 
 # %% ../nbs/13_diffusion.ipynb #804b6a1c
-def scratch_sampler(dim: int, T: int, init_sigma: float = 0.5, hidden: int = 128, depth: int = 3, fix_last: bool = False) -> DiffusionSampler:
+def scratch_sampler(
+    dim: int, T: int, init_sigma: float = 0.5, hidden: int = 128, depth: int = 3, fix_last: bool = False
+) -> DiffusionSampler:
     "A from-scratch sampler for vectors: mean = x_t + MLP(x_t, t), every sigma_t = `init_sigma`."
     net = TimeMLP(dim, dim, hidden, depth)
     ones = torch.ones(T)
     return DiffusionSampler(net, (dim,), ones, ones, torch.arange(T, dtype=torch.float32), ones * init_sigma, fix_last)
 
-def ddpm_sampler(eps_net: nn.Module, shape: tuple, T: int, schedule: Schedule | None = None, kind: str = "even",
-                 last_sigma: float | None = 1e-3, fix_last: bool = True) -> DiffusionSampler:
+
+def ddpm_sampler(
+    eps_net: nn.Module,
+    shape: tuple,
+    T: int,
+    schedule: Schedule | None = None,
+    kind: str = "even",
+    last_sigma: float | None = 1e-3,
+    fix_last: bool = True,
+) -> DiffusionSampler:
     "A sampler initialised from a noise-prediction net trained on `schedule` (default: DDPM's linear 1000 steps), respaced to T steps."
     schedule = schedule or Schedule.linear()
     rl = respace(schedule, T, kind, last_sigma).rl()
@@ -297,28 +396,37 @@ def ddpm_sampler(eps_net: nn.Module, shape: tuple, T: int, schedule: Schedule | 
 
 # %% ../nbs/13_diffusion.ipynb #c5cc1092
 @torch.no_grad()
-def rollout(sampler: DiffusionSampler, n: int, generator=None, guide: Callable | None = None,
-            callback: Callable | None = None) -> list[Tensor]:
+def rollout(
+    sampler: DiffusionSampler, n: int, generator=None, guide: Callable | None = None, callback: Callable | None = None
+) -> list[Tensor]:
     "The trajectory x_0..x_T of `n` samples (model space); `guide(x, t)` may revise each x_{t+1}; `callback(t, x_t)`."
     xs, sig = [sampler.start(n, generator)], sampler.sigma()
     for t in range(sampler.T):
         tt = torch.full((n,), t, device=xs[-1].device)
         x = sampler.mean(xs[-1], tt) + sig[t] * torch.randn(xs[-1].shape, generator=generator).to(xs[-1].device)
         if guide is not None:
-            with torch.enable_grad(): x = guide(x, t).detach()   # e.g. value guidance: a gradient step on V(x, t+1)
+            with torch.enable_grad():
+                x = guide(x, t).detach()  # e.g. value guidance: a gradient step on V(x, t+1)
         xs.append(x)
-        if callback is not None: callback(t + 1, x)
+        if callback is not None:
+            callback(t + 1, x)
     return xs
 
-def ddpm_sample(eps_net: nn.Module, shape: tuple, n: int, T: int, schedule: Schedule | None = None, generator=None) -> Tensor:
+
+def ddpm_sample(
+    eps_net: nn.Module, shape: tuple, n: int, T: int, schedule: Schedule | None = None, generator=None
+) -> Tensor:
     "Ancestral DDPM sampling with T respaced steps (the last step noiseless)."
-    return rollout(ddpm_sampler(eps_net, shape, T, schedule, last_sigma=0.0).to(next(eps_net.parameters()).device), n, generator)[-1]
+    return rollout(
+        ddpm_sampler(eps_net, shape, T, schedule, last_sigma=0.0).to(next(eps_net.parameters()).device), n, generator
+    )[-1]
 
 # %% ../nbs/13_diffusion.ipynb #65498dab
 @dataclass
 class DDPMConfig:
     "Hyperparameters of a DDPM (eps prediction, linear schedule)."
-    hidden: int = 128      # TimeMLP width (vectors) / UNet base channels (images)
+
+    hidden: int = 128  # TimeMLP width (vectors) / UNet base channels (images)
     depth: int = 3
     lr: float = 1e-3
     n_steps: int = 1000
@@ -326,23 +434,33 @@ class DDPMConfig:
     batch_size: int = 256
 
     def __post_init__(self):
-        for k in ("hidden", "depth", "n_steps", "iters", "batch_size"): check_int(k, getattr(self, k))
+        for k in ("hidden", "depth", "n_steps", "iters", "batch_size"):
+            check_int(k, getattr(self, k))
         check_positive("lr", self.lr)
+
 
 class DDPM:
     "A denoising diffusion model on vectors (TimeMLP) or images (SmallUNet), trained by eps prediction."
+
     def __init__(self, cfg: DDPMConfig, shape: tuple, device="auto", generator: torch.Generator | None = None):
         self.cfg, self.shape, self.device = cfg, tuple(shape), pick_device(device)
         self.images = len(self.shape) == 3
         self.schedule = Schedule.linear(cfg.n_steps)
-        net = SmallUNet(self.shape[0], self.shape[1], cfg.hidden) if self.images else TimeMLP(self.shape[0], self.shape[0], cfg.hidden, cfg.depth)
-        self.net = net.to(self.device); self.nets = {"eps": self.net}
+        net = (
+            SmallUNet(self.shape[0], self.shape[1], cfg.hidden)
+            if self.images
+            else TimeMLP(self.shape[0], self.shape[0], cfg.hidden, cfg.depth)
+        )
+        self.net = net.to(self.device)
+        self.nets = {"eps": self.net}
         self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.gen = generator or torch.Generator().manual_seed(0)
         self._ab = self.schedule.alpha_bar.float().to(self.device)
 
     def energy(self, x):
-        raise NotImplementedError("A DDPM has no energy function; use an EBM method (e.g. ebm_nb.gcd.GCD) for energies.")
+        raise NotImplementedError(
+            "A DDPM has no energy function; use an EBM method (e.g. ebm_nb.gcd.GCD) for energies."
+        )
 
     def step(self, batch: Tensor) -> dict:
         x0 = batch.to(self.device) * 2 - 1 if self.images else batch.to(self.device)
@@ -350,7 +468,9 @@ class DDPM:
         eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
         ab = self._ab[k].view((-1,) + (1,) * (x0.ndim - 1))
         loss = F.mse_loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, k), eps)
-        self.opt.zero_grad(set_to_none=True); loss.backward(); self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
         return {"loss": loss.detach()}
 
     def sample(self, n: int, steps: int | None = None) -> Tensor:
@@ -358,15 +478,28 @@ class DDPM:
         x = ddpm_sample(self.net, self.shape, n, steps or self.cfg.n_steps, self.schedule, self.gen)
         return (((x + 1) / 2).clamp(0, 1) if self.images else x).cpu()
 
-    def state_dict(self) -> dict: return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+
     def load_state_dict(self, sd: dict):
-        self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["opt"]); self.gen.set_state(sd["gen"])
+        self.net.load_state_dict(sd["net"])
+        self.opt.load_state_dict(sd["opt"])
+        self.gen.set_state(sd["gen"])
 
 # %% ../nbs/13_diffusion.ipynb #3b06c41a
-for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=20000),
-                    "gpu": dict(hidden=256, iters=20000, batch_size=1024), "paper": dict(hidden=256, iters=30000, batch_size=1024)}.items():
+for _scale, _kw in {
+    "smoke": dict(hidden=64, iters=300),
+    "quick": dict(hidden=128, iters=20000),
+    "gpu": dict(hidden=256, iters=20000, batch_size=1024),
+    "paper": dict(hidden=256, iters=30000, batch_size=1024),
+}.items():
     register_preset("ddpm", _scale, "toy2d", DDPMConfig(**_kw))
 # images (SmallUNet base channels = hidden): CPU-sized below `gpu`; `paper` is the largest we would train ourselves
-for _scale, _kw in {"smoke": dict(hidden=8, iters=20, batch_size=32), "quick": dict(hidden=16, iters=1500, batch_size=64, lr=5e-4),
-                    "gpu": dict(hidden=64, iters=20000, batch_size=128, lr=2e-4), "paper": dict(hidden=128, iters=100000, batch_size=128, lr=2e-4)}.items():
-    for _data in ("fmnist", "cifar10"): register_preset("ddpm", _scale, _data, DDPMConfig(**_kw))
+for _scale, _kw in {
+    "smoke": dict(hidden=8, iters=20, batch_size=32),
+    "quick": dict(hidden=16, iters=1500, batch_size=64, lr=5e-4),
+    "gpu": dict(hidden=64, iters=20000, batch_size=128, lr=2e-4),
+    "paper": dict(hidden=128, iters=100000, batch_size=128, lr=2e-4),
+}.items():
+    for _data in ("fmnist", "cifar10"):
+        register_preset("ddpm", _scale, _data, DDPMConfig(**_kw))

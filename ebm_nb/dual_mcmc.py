@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from .core import check_choice, check_int, check_positive, get_preset, pick_device, register_preset
+from .core import check_choice, check_int, check_positive, pick_device
+from .presets import get_preset, register_preset
 from .nets import ConvEncoder, ConvEnergy, ConvGenerator, ResEncoder, ResEnergy, ResGenerator
 from .nets import check_image_match, check_latent_match
 from .sampling import from_encoder, from_generator, from_noise, langevin, latent_energy
@@ -22,62 +23,74 @@ __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DATA
 # %% ../nbs/12_dual_mcmc.ipynb #7bdd8b82
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
 
+
 @dataclass
 class DualMCMCConfig:
     "Hyperparameters of Dual-MCMC teaching and its baselines; the defaults are the official CIFAR-10 run."
-    arch: str = "resnet"             # "resnet": the paper's nets (32 / 64 px); "conv": small nets (8, 16, 28, 32 px)
+
+    arch: str = "resnet"  # "resnet": the paper's nets (32 / 64 px); "conv": small nets (8, 16, 28, 32 px)
     z_dim: int = 128
-    width_e: int = 512               # ndf
-    width_g: int = 512               # ngf
-    width_i: int = 128               # nif
-    x_init: str = "generator"        # x-chain start: "generator" or "noise" (short-run EBM, no generator)
-    z_init: str = "encoder"          # z-chain start: "encoder", "noise" (ablation "L = k") or "none" (no data term: CoopNets)
-    x_steps: int = 30                # K_x
-    x_step: float = 0.5              # s_x: drift s_x^2/2 * grad E (0.3 on CelebA-64)
-    x_noise: float = 1e-3            # n_x
-    z_steps: int = 10                # K_z
-    z_step: float = 0.1              # s_z: drift s_z^2/2 * grad U
-    z_noise: float = 0.1             # n_z
-    sigma: float = 0.3               # generator noise; the z-chain's likelihood term is ||x - g(z)||^2 / sigma^2
-    temperature: float | None = None # T of the EBM loss; None: (x_noise / x_step)^2 (official use_temp), 1.0: no scaling
-    data_weight: float = 1.0         # G_f: the generator's reconstruction term (and the encoder's real-data term)
-    sample_weight: float = 50.0      # S_f: the generator's EBM-revised-sample term (70 on CelebA-64)
-    inference_weight: float = 0.1    # I_f: the encoder's generated-sample term
-    second_chain: bool = True        # EBM negatives from a second chain at the updated generator (official fine_tune)
+    width_e: int = 512  # ndf
+    width_g: int = 512  # ngf
+    width_i: int = 128  # nif
+    x_init: str = "generator"  # x-chain start: "generator" or "noise" (short-run EBM, no generator)
+    z_init: str = "encoder"  # z-chain start: "encoder", "noise" (ablation "L = k") or "none" (no data term: CoopNets)
+    x_steps: int = 30  # K_x
+    x_step: float = 0.5  # s_x: drift s_x^2/2 * grad E (0.3 on CelebA-64)
+    x_noise: float = 1e-3  # n_x
+    z_steps: int = 10  # K_z
+    z_step: float = 0.1  # s_z: drift s_z^2/2 * grad U
+    z_noise: float = 0.1  # n_z
+    sigma: float = 0.3  # generator noise; the z-chain's likelihood term is ||x - g(z)||^2 / sigma^2
+    temperature: float | None = (
+        None  # T of the EBM loss; None: (x_noise / x_step)^2 (official use_temp), 1.0: no scaling
+    )
+    data_weight: float = 1.0  # G_f: the generator's reconstruction term (and the encoder's real-data term)
+    sample_weight: float = 50.0  # S_f: the generator's EBM-revised-sample term (70 on CelebA-64)
+    inference_weight: float = 0.1  # I_f: the encoder's generated-sample term
+    second_chain: bool = True  # EBM negatives from a second chain at the updated generator (official fine_tune)
     lr_e: float = 1e-4
     lr_g: float = 3e-4
     lr_i: float = 1e-4
     betas: tuple = (0.0, 0.9)
     wd_g: float = 5e-4
     wd_i: float = 5e-4
-    lr_decay: float = 0.998          # every learning rate x lr_decay per epoch
-    iters_per_epoch: int = 500       # 50k CIFAR-10 images / batch 100
-    iters: int = 150_500             # 301 epochs
+    lr_decay: float = 0.998  # every learning rate x lr_decay per epoch
+    iters_per_epoch: int = 500  # 50k CIFAR-10 images / batch 100
+    iters: int = 150_500  # 301 epochs
     batch_size: int = 100
-    sample_steps: int = 70           # the x-chain of sample(): official FID script 70 steps at s_x = 0.4
+    sample_steps: int = 70  # the x-chain of sample(): official FID script 70 steps at s_x = 0.4
     sample_step: float = 0.4
-    cache_sn: bool = True            # spectral norms once per step (False: a power iteration per forward, as the official code)
+    cache_sn: bool = True  # spectral norms once per step (False: a power iteration per forward, as the official code)
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ARCHS); check_choice("x_init", self.x_init, X_INITS)
+        check_choice("arch", self.arch, ARCHS)
+        check_choice("x_init", self.x_init, X_INITS)
         check_choice("z_init", self.z_init, Z_INITS)
         for k in ("z_dim", "width_e", "width_g", "width_i", "x_steps", "iters_per_epoch", "iters", "batch_size"):
             check_int(k, getattr(self, k))
-        check_int("z_steps", self.z_steps, 0); check_int("sample_steps", self.sample_steps, 0)
+        check_int("z_steps", self.z_steps, 0)
+        check_int("sample_steps", self.sample_steps, 0)
         for k in ("x_step", "z_step", "sigma", "sample_step", "lr_e", "lr_g", "lr_i"):
             check_positive(k, getattr(self, k))
         for k in ("x_noise", "z_noise", "data_weight", "sample_weight", "inference_weight", "wd_g", "wd_i"):
             check_positive(k, getattr(self, k), zero_ok=True)
-        if self.temperature is not None: check_positive("temperature", self.temperature)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
         elif self.x_noise == 0:
-            raise ValueError("temperature=None means T = (x_noise / x_step)^2, which is 0 for x_noise=0; "
-                             "give x_noise > 0 or an explicit temperature > 0.")
-        if not 0 < self.lr_decay <= 1: raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}.")
+            raise ValueError(
+                "temperature=None means T = (x_noise / x_step)^2, which is 0 for x_noise=0; "
+                "give x_noise > 0 or an explicit temperature > 0."
+            )
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}.")
         if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
         if self.x_init == "noise" and self.z_init != "none":
-            raise ValueError(f"x_init='noise' (short-run EBM) trains no generator, so it has no z-chain: use z_init='none', "
-                             f"got z_init={self.z_init!r}.")
+            raise ValueError(
+                f"x_init='noise' (short-run EBM) trains no generator, so it has no z-chain: use z_init='none', "
+                f"got z_init={self.z_init!r}."
+            )
 
     @property
     def T(self) -> float:
@@ -95,14 +108,19 @@ def dual_mcmc_nets(cfg: DualMCMCConfig, shape: tuple) -> dict[str, nn.Module]:
     "The nets of `cfg`'s variant for images of `shape` (C, H, W)."
     c, s = _image_shape(shape)
     if cfg.arch == "resnet":
-        make = {"energy": lambda: ResEnergy(c, s, cfg.width_e),
-                "generator": lambda: ResGenerator(cfg.z_dim, c, s, cfg.width_g),
-                "encoder": lambda: ResEncoder(c, s, cfg.z_dim, cfg.width_i)}
+        make = {
+            "energy": lambda: ResEnergy(c, s, cfg.width_e),
+            "generator": lambda: ResGenerator(cfg.z_dim, c, s, cfg.width_g),
+            "encoder": lambda: ResEncoder(c, s, cfg.z_dim, cfg.width_i),
+        }
     else:
-        make = {"energy": lambda: ConvEnergy(c, s, cfg.width_e, spectral_norm=True, act="relu"),
-                "generator": lambda: ConvGenerator(cfg.z_dim, c, s, cfg.width_g),
-                "encoder": lambda: ConvEncoder(c, s, cfg.z_dim, cfg.width_i)}
+        make = {
+            "energy": lambda: ConvEnergy(c, s, cfg.width_e, spectral_norm=True, act="relu"),
+            "generator": lambda: ConvGenerator(cfg.z_dim, c, s, cfg.width_g),
+            "encoder": lambda: ConvEncoder(c, s, cfg.z_dim, cfg.width_i),
+        }
     return {k: make[k]() for k in cfg.nets}
+
 
 def _image_shape(shape) -> tuple[int, int]:
     shape = tuple(shape)
@@ -110,20 +128,28 @@ def _image_shape(shape) -> tuple[int, int]:
         raise ValueError(f"Dual-MCMC needs square images of shape (C, H, H), got {shape}.")
     return shape[0], shape[1]
 
+
 def check_nets(nets: dict, cfg: DualMCMCConfig, shape: tuple) -> dict:
     "`nets` if it holds exactly `cfg.nets` and they fit together and the images of `shape`; else one clear error."
-    if set(nets) != set(cfg.nets): raise ValueError(f"This variant trains the nets {list(cfg.nets)}, got {sorted(nets)}.")
+    if set(nets) != set(cfg.nets):
+        raise ValueError(f"This variant trains the nets {list(cfg.nets)}, got {sorted(nets)}.")
     check_image_match(nets["energy"], shape, "energy")
     if "generator" in nets:
         g = nets["generator"]
         if getattr(g, "z_dim", cfg.z_dim) != cfg.z_dim:
-            raise ValueError(f"The generator takes latents of size {g.z_dim} but the config has z_dim={cfg.z_dim}; make them equal.")
-        was = g.training; g.eval()
-        with torch.no_grad(): out = tuple(g(torch.zeros(2, cfg.z_dim, device=next(g.parameters()).device)).shape[1:])
+            raise ValueError(
+                f"The generator takes latents of size {g.z_dim} but the config has z_dim={cfg.z_dim}; make them equal."
+            )
+        was = g.training
+        g.eval()
+        with torch.no_grad():
+            out = tuple(g(torch.zeros(2, cfg.z_dim, device=next(g.parameters()).device)).shape[1:])
         g.train(was)
-        if out != tuple(shape): raise ValueError(f"The generator makes images of shape {out}, but the data are {tuple(shape)}.")
+        if out != tuple(shape):
+            raise ValueError(f"The generator makes images of shape {out}, but the data are {tuple(shape)}.")
     if "encoder" in nets:
-        check_latent_match(nets["generator"], nets["encoder"]); check_image_match(nets["encoder"], shape, "encoder")
+        check_latent_match(nets["generator"], nets["encoder"])
+        check_image_match(nets["encoder"], shape, "encoder")
     return nets
 
 # %% ../nbs/12_dual_mcmc.ipynb #b782a97b
@@ -131,20 +157,31 @@ def gaussian_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tor
     "Per-sample NLL of z under N(mu, exp(logvar)), without the constant: ½Σ logvar + ½Σ (z - mu)² / (exp(logvar) + 1e-6)."
     return 0.5 * (logvar + (z - mu).pow(2) / (logvar.exp() + 1e-6)).sum(1)
 
+
 def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "Mean over the batch of the summed squared error."
     return (a - b).pow(2).flatten(1).sum(1).mean()
 
+
 class DualMCMC:
     "Dual-MCMC teaching (and its baselines, by `cfg.x_init` / `cfg.z_init`) on images of `shape` in [0, 1]."
-    def __init__(self, cfg: DualMCMCConfig, shape: tuple, device="auto", generator: torch.Generator | None = None,
-                 nets: dict[str, nn.Module] | None = None):
+
+    def __init__(
+        self,
+        cfg: DualMCMCConfig,
+        shape: tuple,
+        device="auto",
+        generator: torch.Generator | None = None,
+        nets: dict[str, nn.Module] | None = None,
+    ):
         self.cfg, self.shape, self.device = cfg, tuple(shape), pick_device(device)
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
         nets = check_nets(nets, cfg, self.shape) if nets is not None else dual_mcmc_nets(cfg, self.shape)
         self.nets = {k: v.to(self.device).train() for k, v in nets.items()}
         E, G, Q = (self.nets.get(k) for k in ("energy", "generator", "encoder"))
-        Adam = lambda net, lr, wd=0.0: torch.optim.Adam(net.parameters(), lr=lr, betas=tuple(cfg.betas), weight_decay=wd)
+        Adam = lambda net, lr, wd=0.0: torch.optim.Adam(
+            net.parameters(), lr=lr, betas=tuple(cfg.betas), weight_decay=wd
+        )
         self.opt_e = Adam(E, cfg.lr_e)
         self.opt_g = Adam(G, cfg.lr_g, cfg.wd_g) if G is not None else None
         self.opt_i = Adam(Q, cfg.lr_i, cfg.wd_i) if Q is not None else None
@@ -153,9 +190,14 @@ class DualMCMC:
         self.steps = 0
 
     # the nets in the method's [-1, 1] pixel coordinates (the nets themselves take and give [0, 1])
-    def E(self, y: torch.Tensor) -> torch.Tensor: return self.nets["energy"]((y + 1) / 2)
-    def G(self, z: torch.Tensor) -> torch.Tensor: return 2 * self.nets["generator"](z) - 1
-    def Q(self, y: torch.Tensor): return self.nets["encoder"]((y + 1) / 2)
+    def E(self, y: torch.Tensor) -> torch.Tensor:
+        return self.nets["energy"]((y + 1) / 2)
+
+    def G(self, z: torch.Tensor) -> torch.Tensor:
+        return 2 * self.nets["generator"](z) - 1
+
+    def Q(self, y: torch.Tensor):
+        return self.nets["encoder"]((y + 1) / 2)
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
@@ -164,15 +206,20 @@ class DualMCMC:
         "The x-chain from `y0` ([-1, 1] pixels): x <- x - s²/2 grad E + n_x eps, `steps` steps, no clamping."
         c = self.cfg
         s = c.x_step if step is None else step
-        return langevin(self.E, y0, c.x_steps if steps is None else steps, s**2 / 2, c.x_noise, generator=self.gen, **kw)
+        return langevin(
+            self.E, y0, c.x_steps if steps is None else steps, s**2 / 2, c.x_noise, generator=self.gen, **kw
+        )
 
     def z_chain(self, y: torch.Tensor, z0: torch.Tensor, steps: int | None = None, **kw) -> torch.Tensor:
         "The z-chain on the generator posterior of `y` from `z0`: z <- z - s_z²/2 grad U + n_z eps."
         c = self.cfg
-        U = latent_energy(self.G, y, c.sigma / math.sqrt(2))   # official: ||x - g(z)||^2 / sigma^2
-        return langevin(U, z0, c.z_steps if steps is None else steps, c.z_step**2 / 2, c.z_noise, generator=self.gen, **kw)
+        U = latent_energy(self.G, y, c.sigma / math.sqrt(2))  # official: ||x - g(z)||^2 / sigma^2
+        return langevin(
+            U, z0, c.z_steps if steps is None else steps, c.z_step**2 / 2, c.z_noise, generator=self.gen, **kw
+        )
 
-    def energy(self, x: torch.Tensor) -> torch.Tensor: return self.nets["energy"](x.to(self.device))
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nets["energy"](x.to(self.device))
 
 # %% ../nbs/12_dual_mcmc.ipynb #dbd60c56
 def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,27 +228,34 @@ def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     B, logs = len(y), {}
     # E's spectral norms once per step, for both chains and the loss
     with parametrize.cached() if c.cache_sn else contextlib.nullcontext():
-        e_pos = self.E(y)               # with a graph: fills the cache so that the loss below reaches E's weights
+        e_pos = self.E(y)  # with a graph: fills the cache so that the loss below reaches E's weights
         if "generator" in self.nets:
             z = self._randn(B)
-            x0 = self.G(z)              # the sample term back-propagates through this forward
+            x0 = self.G(z)  # the sample term back-propagates through this forward
             x_rev = self.x_chain(x0.detach())
             loss_g = c.sample_weight * _sse(x0, x_rev)
             if c.z_init != "none":
                 if c.z_init == "encoder":
                     mu, logvar = self.Q(y)
                     z0 = from_encoder(lambda _: (mu, logvar), y, self.gen)
-                else: z0 = self._randn(B)
+                else:
+                    z0 = self._randn(B)
                 z_rev = self.z_chain(y, z0)
                 mse = _sse(self.G(z_rev), y)
                 loss_g = loss_g + c.data_weight * mse
                 logs["sse_rec"] = mse.detach()
-            self.opt_g.zero_grad(set_to_none=True); loss_g.backward(); self.opt_g.step()
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
             logs["loss_g"] = loss_g.detach()
             if c.z_init == "encoder":
-                loss_i = (c.data_weight * gaussian_nll(z_rev, mu, logvar).mean()
-                          + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean())
-                self.opt_i.zero_grad(set_to_none=True); loss_i.backward(); self.opt_i.step()
+                loss_i = (
+                    c.data_weight * gaussian_nll(z_rev, mu, logvar).mean()
+                    + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean()
+                )
+                self.opt_i.zero_grad(set_to_none=True)
+                loss_i.backward()
+                self.opt_i.step()
                 logs["loss_i"] = loss_i.detach()
             x_neg = self.x_chain(from_generator(self.G, z)) if c.second_chain else x_rev
         else:
@@ -209,87 +263,158 @@ def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         e_neg = self.E(x_neg)
         gap = e_pos.mean() - e_neg.mean()
         loss_e = gap / c.T
-        self.opt_e.zero_grad(set_to_none=True); loss_e.backward()
+        self.opt_e.zero_grad(set_to_none=True)
+        loss_e.backward()
     self.opt_e.step()
     self.steps += 1
     if self.steps % c.iters_per_epoch == 0:
-        for s in self.scheds: s.step()
-    return {"loss_e": loss_e.detach(), "e_gap": gap.detach(), "ebm_pos": e_pos.mean().detach(),
-            "ebm_neg": e_neg.mean().detach(), **logs}
+        for s in self.scheds:
+            s.step()
+    return {
+        "loss_e": loss_e.detach(),
+        "e_gap": gap.detach(),
+        "ebm_pos": e_pos.mean().detach(),
+        "ebm_neg": e_neg.mean().detach(),
+        **logs,
+    }
+
 
 DualMCMC.step = _step
 
 # %% ../nbs/12_dual_mcmc.ipynb #4f2e3453
-def _sample(self: DualMCMC, n: int, steps: int | None = None, step: float | None = None, revise: bool = True,
-            chunk: int | None = None, callback=None, every: int = 1) -> torch.Tensor:
+def _sample(
+    self: DualMCMC,
+    n: int,
+    steps: int | None = None,
+    step: float | None = None,
+    revise: bool = True,
+    chunk: int | None = None,
+    callback=None,
+    every: int = 1,
+) -> torch.Tensor:
     "`n` samples in [0, 1] on the CPU: the test-time x-chain from G(z) (or from noise for the short-run EBM)."
-    c = self.cfg; check_int("n", n)
+    c = self.cfg
+    check_int("n", n)
     steps = c.sample_steps if steps is None else check_int("steps", steps, 0)
     out, chunk = [], check_int("chunk", chunk or c.batch_size)
     with parametrize.cached():
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
-            y0 = (from_generator(self.G, self._randn(k)) if "generator" in self.nets
-                  else from_noise(k, self.shape, -1.0, 1.0, generator=self.gen, device=self.device))
+            y0 = (
+                from_generator(self.G, self._randn(k))
+                if "generator" in self.nets
+                else from_noise(k, self.shape, -1.0, 1.0, generator=self.gen, device=self.device)
+            )
             s = c.sample_step if step is None else step
             y = self.x_chain(y0, steps, s, callback=callback, every=every) if revise and steps else y0
             out.append(((y + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
 
-def _reconstruct(self: DualMCMC, x: torch.Tensor, steps: int | None = None, init: str = "mean", chunk: int | None = None,
-                 callback=None, every: int = 1) -> torch.Tensor:
+
+def _reconstruct(
+    self: DualMCMC,
+    x: torch.Tensor,
+    steps: int | None = None,
+    init: str = "mean",
+    chunk: int | None = None,
+    callback=None,
+    every: int = 1,
+) -> torch.Tensor:
     "g(z) in [0, 1] (CPU) for the images `x` in [0, 1]: the z-chain of `steps` steps from the encoder mean, a sample or noise."
     check_choice("init", init, ("mean", "sample", "noise"))
-    if "generator" not in self.nets: raise ValueError("The short-run EBM has no generator, so it reconstructs nothing.")
+    if "generator" not in self.nets:
+        raise ValueError("The short-run EBM has no generator, so it reconstructs nothing.")
     if init != "noise" and "encoder" not in self.nets:
-        raise ValueError(f"init={init!r} needs an encoder, but this variant (z_init={self.cfg.z_init!r}) has none; "
-                         "use init='noise'.")
+        raise ValueError(
+            f"init={init!r} needs an encoder, but this variant (z_init={self.cfg.z_init!r}) has none; use init='noise'."
+        )
     steps = self.cfg.z_steps if steps is None else check_int("steps", steps, 0)
     out, chunk = [], check_int("chunk", chunk or self.cfg.batch_size)
     for i in range(0, len(x), chunk):
-        y = 2 * x[i:i + chunk].to(self.device) - 1
+        y = 2 * x[i : i + chunk].to(self.device) - 1
         with torch.no_grad():
-            if init == "noise": z0 = self._randn(len(y))
-            elif init == "mean": z0 = self.Q(y)[0]
-            else: z0 = from_encoder(self.Q, y, self.gen)
+            if init == "noise":
+                z0 = self._randn(len(y))
+            elif init == "mean":
+                z0 = self.Q(y)[0]
+            else:
+                z0 = from_encoder(self.Q, y, self.gen)
         z = self.z_chain(y, z0, steps, callback=callback, every=every) if steps else z0
-        with torch.no_grad(): out.append(((self.G(z) + 1) / 2).clamp(0, 1).cpu())
+        with torch.no_grad():
+            out.append(((self.G(z) + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
 
+
 def _state_dict(self: DualMCMC) -> dict:
-    return {"nets": {k: v.state_dict() for k, v in self.nets.items()},
-            "opts": [o.state_dict() if o else None for o in (self.opt_e, self.opt_g, self.opt_i)],
-            "scheds": [s.state_dict() for s in self.scheds], "gen": self.gen.get_state(), "steps": self.steps}
+    return {
+        "nets": {k: v.state_dict() for k, v in self.nets.items()},
+        "opts": [o.state_dict() if o else None for o in (self.opt_e, self.opt_g, self.opt_i)],
+        "scheds": [s.state_dict() for s in self.scheds],
+        "gen": self.gen.get_state(),
+        "steps": self.steps,
+    }
+
 
 def _load_state_dict(self: DualMCMC, sd: dict) -> None:
     if set(sd["nets"]) != set(self.nets):
-        raise ValueError(f"The state holds the nets {sorted(sd['nets'])} but this variant has {sorted(self.nets)}; "
-                         "build it with the same config.")
-    for k, v in self.nets.items(): v.load_state_dict(sd["nets"][k])
+        raise ValueError(
+            f"The state holds the nets {sorted(sd['nets'])} but this variant has {sorted(self.nets)}; "
+            "build it with the same config."
+        )
+    for k, v in self.nets.items():
+        v.load_state_dict(sd["nets"][k])
     for o, s in zip((self.opt_e, self.opt_g, self.opt_i), sd["opts"]):
-        if o is not None: o.load_state_dict(s)
-    for s, st in zip(self.scheds, sd["scheds"]): s.load_state_dict(st)
-    self.gen.set_state(sd["gen"]); self.steps = sd["steps"]
+        if o is not None:
+            o.load_state_dict(s)
+    for s, st in zip(self.scheds, sd["scheds"]):
+        s.load_state_dict(st)
+    self.gen.set_state(sd["gen"])
+    self.steps = sd["steps"]
+
 
 DualMCMC.sample, DualMCMC.reconstruct = _sample, _reconstruct
 DualMCMC.state_dict, DualMCMC.load_state_dict = _state_dict, _load_state_dict
 
 # %% ../nbs/12_dual_mcmc.ipynb #c9283103
-VARIANTS = {"dual_mcmc": {}, "dual_mcmc_coop": dict(z_init="none"), "dual_mcmc_short_run": dict(x_init="noise", z_init="none"),
-            "dual_mcmc_noise_l10": dict(z_init="noise", z_steps=10), "dual_mcmc_noise_l30": dict(z_init="noise", z_steps=30)}
+VARIANTS = {
+    "dual_mcmc": {},
+    "dual_mcmc_coop": dict(z_init="none"),
+    "dual_mcmc_short_run": dict(x_init="noise", z_init="none"),
+    "dual_mcmc_noise_l10": dict(z_init="noise", z_steps=10),
+    "dual_mcmc_noise_l30": dict(z_init="noise", z_steps=30),
+}
+
 
 def _small(width: int, z_dim: int, lr: float, **kw) -> DualMCMCConfig:
-    return DualMCMCConfig(arch="conv", z_dim=z_dim, width_e=width, width_g=width, width_i=width,
-                          lr_e=lr, lr_g=3 * lr, lr_i=lr, iters_per_epoch=600, **kw)   # 60k images / batch 100
+    return DualMCMCConfig(
+        arch="conv",
+        z_dim=z_dim,
+        width_e=width,
+        width_g=width,
+        width_i=width,
+        lr_e=lr,
+        lr_g=3 * lr,
+        lr_i=lr,
+        iters_per_epoch=600,
+        **kw,
+    )  # 60k images / batch 100
+
 
 DUAL_MCMC_PRESETS = {
-    ("smoke", "fmnist"): _small(8, 16, 3e-4, x_steps=5, z_steps=3, iters=30, batch_size=32, sample_steps=5, sample_step=0.5),
-    ("quick", "fmnist"): _small(8, 32, 3e-4, x_steps=10, z_steps=10, iters=400, batch_size=50, sample_steps=10, sample_step=0.5),
-    ("gpu", "fmnist"): _small(32, 64, 1e-4, x_steps=30, z_steps=10, iters=6000, batch_size=100, sample_steps=30, sample_step=0.5),
+    ("smoke", "fmnist"): _small(
+        8, 16, 3e-4, x_steps=5, z_steps=3, iters=30, batch_size=32, sample_steps=5, sample_step=0.5
+    ),
+    ("quick", "fmnist"): _small(
+        8, 32, 3e-4, x_steps=10, z_steps=10, iters=400, batch_size=50, sample_steps=10, sample_step=0.5
+    ),
+    ("gpu", "fmnist"): _small(
+        32, 64, 1e-4, x_steps=30, z_steps=10, iters=6000, batch_size=100, sample_steps=30, sample_step=0.5
+    ),
     ("paper", "fmnist"): _small(64, 128, 1e-4, iters=301 * 600),
     ("paper", "cifar10"): DualMCMCConfig(),
-    ("paper", "celeba64"): DualMCMCConfig(width_e=1024, width_g=1024, x_step=0.3, sample_weight=70.0,
-                                          iters_per_epoch=1627, iters=301 * 1627),
+    ("paper", "celeba64"): DualMCMCConfig(
+        width_e=1024, width_g=1024, x_step=0.3, sample_weight=70.0, iters_per_epoch=1627, iters=301 * 1627
+    ),
 }
 for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
     for _name, _kw in VARIANTS.items():
@@ -299,21 +424,27 @@ for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
 DATASETS = ("fmnist", "cifar10", "celeba64")
 METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid", "celeba64": "fid"}
 
+
 def dual_mcmc_data(dataset: str, split: str = "train", n: int | None = None) -> torch.Tensor:
     "Float images (N, C, H, W) in [0, 1]: Fashion-MNIST from its IDX files, CIFAR-10 / CelebA-64 through torchvision (from data/)."
     from ebm_nb.data import dataset_tensors, load_fashion_mnist, load_torchvision, to_float
+
     check_choice("dataset", dataset, DATASETS)
-    if dataset == "fmnist": x = to_float(load_fashion_mnist(split)[0])
+    if dataset == "fmnist":
+        x = to_float(load_fashion_mnist(split)[0])
     else:
         ds = load_torchvision("cifar10" if dataset == "cifar10" else "celeba", split)
         return dataset_tensors(ds, n, torch.Generator().manual_seed(0))[0]
     return x if n is None else x[:n]
 
+
 def feature_fn(dataset: str, device="cpu"):
     "The features of the table's metric: our Fashion-MNIST classifier (FD-FMNIST), or Inception (FID)."
     from ebm_nb.metrics import inception_feature_fn, load_fmnist_classifier
+
     check_choice("dataset", dataset, DATASETS)
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
+
 
 def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
     "Per-pixel MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
@@ -321,40 +452,84 @@ def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
     schemes = ({"Inf": (0, "mean"), "Inf+L": (k, "mean")} if "encoder" in m.nets else {}) | {"L": (k, "noise")}
     return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
 
-def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = None, seed: int = 0, device="cpu",
-            evals=("gen",), n_eval: int = 1000, n_ref: int | None = None, n_rec: int = 1000, n_show: int = 36,
-            track: int = 0, return_state: bool = False) -> dict:
+
+def run_row(
+    variant: str,
+    scale: str,
+    dataset: str,
+    overrides: dict | None = None,
+    seed: int = 0,
+    device="cpu",
+    evals=("gen",),
+    n_eval: int = 1000,
+    n_ref: int | None = None,
+    n_rec: int = 1000,
+    n_show: int = 36,
+    track: int = 0,
+    return_state: bool = False,
+) -> dict:
     "Train `variant` at `scale` on `dataset` (with `overrides`) and score it: {'row': numbers, 'samples': images, ...}."
     from ebm_nb.core import seed_everything
     from ebm_nb.metrics import feature_stats, image_eval, psnr, ssim
     from ebm_nb.training import train
-    for e in evals: check_choice("evaluation", e, ("gen", "rec"))
+
+    for e in evals:
+        check_choice("evaluation", e, ("gen", "rec"))
     cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
     g = seed_everything(seed)
     x_train = dual_mcmc_data(dataset, "train")
     m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
     curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
+
     def tracker(it, _row):
-        if it % max(1, cfg.iters // 10) and it != cfg.iters: return     # about 10 points over the run
+        if it % max(1, cfg.iters // 10) and it != cfg.iters:
+            return  # about 10 points over the run
         state = m.gen.get_state()
         rec = m.reconstruct(x_track, init="mean" if "encoder" in m.nets else "noise")
         m.gen.set_state(state)
-        curve.append({"iter": it, "mse": (rec - x_track).pow(2).mean().item(), "psnr": psnr(rec, x_track),
-                      "ssim": ssim(rec, x_track)})
+        curve.append(
+            {
+                "iter": it,
+                "mse": (rec - x_track).pow(2).mean().item(),
+                "psnr": psnr(rec, x_track),
+                "ssim": ssim(rec, x_track),
+            }
+        )
+
     t0 = time.time()
-    hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=max(1, cfg.iters // 20), desc=variant,
-                 callback=tracker if track and "generator" in m.nets else None)
-    row = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters,
-           "loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
+    hist = train(
+        m,
+        x_train,
+        cfg.iters,
+        cfg.batch_size,
+        generator=g,
+        log_every=max(1, cfg.iters // 20),
+        desc=variant,
+        callback=tracker if track and "generator" in m.nets else None,
+    )
+    row = {
+        "iters": cfg.iters,
+        "s_per_iter": (time.time() - t0) / cfg.iters,
+        "loss_e": hist[-1]["loss_e"],
+        "e_gap": hist[-1]["e_gap"],
+    }
     samples = {}
     if "gen" in evals:
         feats, metric = feature_fn(dataset, dev), METRIC[dataset]
         ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
-        keep = lambda name: (lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None)
+        keep = lambda name: lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None
         ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
-        row |= {metric: ebm[metric], "kid": ebm["kid"], "kid_std": ebm["kid_std"], "n_eval": ebm["n_eval"], "n_ref": ebm["n_ref"]}
+        row |= {
+            metric: ebm[metric],
+            "kid": ebm["kid"],
+            "kid_std": ebm["kid_std"],
+            "n_eval": ebm["n_eval"],
+            "n_ref": ebm["n_ref"],
+        }
         if "generator" in m.nets:
-            raw = image_eval(lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator"))
+            raw = image_eval(
+                lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator")
+            )
             row |= {f"{metric}_gen": raw[metric], "kid_gen": raw["kid"], "kid_gen_std": raw["kid_std"]}
     if "rec" in evals and "generator" in m.nets:
         x_test = dual_mcmc_data(dataset, "test", n_rec)
@@ -364,15 +539,21 @@ def run_row(variant: str, scale: str, dataset: str, overrides: dict | None = Non
         init = "mean" if "encoder" in m.nets else "noise"
         samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
     out = {"row": row, "samples": samples, "history": hist, "curve": curve}
-    if return_state: out["state"] = m.state_dict()
+    if return_state:
+        out["state"] = m.state_dict()
     return out
 
 # %% ../nbs/12_dual_mcmc.ipynb #493281c6
-def step_seconds(variant: str, scale: str, dataset: str, overrides: dict | None = None, reps: int = 5, device="cpu") -> float:
+def step_seconds(
+    variant: str, scale: str, dataset: str, overrides: dict | None = None, reps: int = 5, device="cpu"
+) -> float:
     "Median seconds of one training iteration of `variant` (fresh weights, a random batch) after two untimed ones."
     from ebm_nb.bench import time_call
+
     cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
-    shape = {"fmnist": (1, 28, 28), "cifar10": (3, 32, 32), "celeba64": (3, 64, 64)}[check_choice("dataset", dataset, DATASETS)]
+    shape = {"fmnist": (1, 28, 28), "cifar10": (3, 32, 32), "celeba64": (3, 64, 64)}[
+        check_choice("dataset", dataset, DATASETS)
+    ]
     m = DualMCMC(cfg, shape, dev, generator=torch.Generator().manual_seed(0))
     batch = torch.rand(cfg.batch_size, *shape, generator=torch.Generator().manual_seed(1)).to(dev)
     return time_call(lambda: m.step(batch), reps=check_int("reps", reps), warmup=2, device=dev)["median_s"]

@@ -10,10 +10,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .core import (check_choice, check_int, check_positive, get_preset, pick_device, register_preset, repo_root,
-                         seed_everything, to_01, to_pm1)
+from .core import check_choice, check_int, check_positive, pick_device, repo_root, seed_everything, to_01, to_pm1
+from .presets import get_preset, register_preset
 from .data import FMNIST_CLASSES, dataset_tensors, load_fashion_mnist, load_torchvision, sample_toy, to_float
-from .metrics import energy_auroc, feature_stats, image_eval, inception_feature_fn, load_fmnist_classifier, toy_eval
+from ebm_nb.metrics import (
+    energy_auroc,
+    feature_stats,
+    image_eval,
+    inception_feature_fn,
+    load_fmnist_classifier,
+    toy_eval,
+)
 from .training import EMA, train
 from .diffusion import DDPM, DiffusionSampler, TimeMLP, ddpm_sample, ddpm_sampler, rollout, scratch_sampler
 from .nets import ConvEnergy
@@ -27,168 +34,278 @@ __all__ = ['IMAGE_DATASETS', 'IMAGE_METRIC', 'IMAGE_ABLATIONS', 'GCDConfig', 'co
 @dataclass
 class GCDConfig:
     "Hyperparameters of GCD / DxMI (temperatures in the official code's per-dimension convention)."
+
     T: int = 5
-    tau1: float = 0.1                 # entropy temperature (x -log sigma_t)
-    tau2: float = 0.1                 # velocity temperature (x mean_D dx^2 / 2 s_t^2)
-    gamma: float = 1.0                # squared-energy regulariser
+    tau1: float = 0.1  # entropy temperature (x -log sigma_t)
+    tau2: float = 0.1  # velocity temperature (x mean_D dx^2 / 2 s_t^2)
+    gamma: float = 1.0  # squared-energy regulariser
     avr_decay: float = 0.99
-    value: str = "time"               # "time": V(x, t) with E = V(., T) (2D); "energy": V = E, time-independent (images)
-    time_cost: str | None = None      # None: running costs in the TD target (2D); "sigmoid" | "linear" | "zero" (images; "zero": no cost)
+    value: str = "time"  # "time": V(x, t) with E = V(., T) (2D); "energy": V = E, time-independent (images)
+    time_cost: str | None = (
+        None  # None: running costs in the TD target (2D); "sigmoid" | "linear" | "zero" (images; "zero": no cost)
+    )
     linear_cost: float = 0.05
-    sampler: str = "scratch"          # "scratch" (vectors) | "ddpm" (from a pretrained noise-prediction net)
-    init_sigma: float = 0.5           # scratch sampler's initial sigma_t
-    fix_last: bool = False            # freeze the last sigma_t
-    hidden: int = 128                 # MLP width (2D) / conv energy width (images)
+    sampler: str = "scratch"  # "scratch" (vectors) | "ddpm" (from a pretrained noise-prediction net)
+    init_sigma: float = 0.5  # scratch sampler's initial sigma_t
+    fix_last: bool = False  # freeze the last sigma_t
+    hidden: int = 128  # MLP width (2D) / conv energy width (images)
     depth: int = 3
     lr_value: float = 1e-3
     lr_sampler: float = 1e-3
     lr_sigma: float = 1e-3
-    lr_schedule: str | None = None    # None: constant rates; "cosine": every rate falls along a cosine to 0 at `iters`
+    lr_schedule: str | None = None  # None: constant rates; "cosine": every rate falls along a cosine to 0 at `iters`
     value_grad_clip: float | None = None
     sampler_grad_clip: float | None = None
     sampler_batch: int | None = None  # transitions per sampler step (None: all T*B, i.e. every t)
     iters: int = 2000
     batch_size: int = 256
-    pretrain_iters: int = 0           # DDPM pre-training iterations (sampler="ddpm")
-    fast: bool = False                # on CUDA: bf16 autocast and torch.compile'd nets (ignored on a CPU)
+    pretrain_iters: int = 0  # DDPM pre-training iterations (sampler="ddpm")
+    fast: bool = False  # on CUDA: bf16 autocast and torch.compile'd nets (ignored on a CPU)
 
     def __post_init__(self):
         check_positive("T", self.T)
-        if not isinstance(self.T, int): raise ValueError(f"T must be an integer number of sampler steps, got {self.T!r}.")
-        for k in ("tau1", "tau2", "gamma"): check_positive(k, getattr(self, k), zero_ok=True)
-        if not 0 <= self.avr_decay < 1: raise ValueError(f"avr_decay must be in [0, 1), got {self.avr_decay!r}.")
-        check_choice("value", self.value, ("time", "energy")); check_choice("time_cost", self.time_cost, (None, "sigmoid", "linear", "zero"))
-        check_choice("sampler", self.sampler, ("scratch", "ddpm")); check_choice("lr_schedule", self.lr_schedule, (None, "cosine"))
-        for k in ("lr_value", "lr_sampler", "lr_sigma", "init_sigma"): check_positive(k, getattr(self, k))
-        for k in ("iters", "batch_size", "hidden", "depth"): check_positive(k, getattr(self, k))
+        if not isinstance(self.T, int):
+            raise ValueError(f"T must be an integer number of sampler steps, got {self.T!r}.")
+        for k in ("tau1", "tau2", "gamma"):
+            check_positive(k, getattr(self, k), zero_ok=True)
+        if not 0 <= self.avr_decay < 1:
+            raise ValueError(f"avr_decay must be in [0, 1), got {self.avr_decay!r}.")
+        check_choice("value", self.value, ("time", "energy"))
+        check_choice("time_cost", self.time_cost, (None, "sigmoid", "linear", "zero"))
+        check_choice("sampler", self.sampler, ("scratch", "ddpm"))
+        check_choice("lr_schedule", self.lr_schedule, (None, "cosine"))
+        for k in ("lr_value", "lr_sampler", "lr_sigma", "init_sigma"):
+            check_positive(k, getattr(self, k))
+        for k in ("iters", "batch_size", "hidden", "depth"):
+            check_positive(k, getattr(self, k))
+
 
 def cosine_lr(i: int, n: int) -> float:
     "The factor on a learning rate after `i` of `n` iterations: a cosine from 1 down to 0 at `n` (0 after)."
     return 0.5 * (1 + math.cos(math.pi * min(i, n) / n))
 
+
 def time_cost(kind: str, t: Tensor, T: int, c: float = 0.05) -> Tensor:
     "The image runs' time cost R(t) replacing the running costs in the value target ('zero': the paper's 'no time cost' ablation)."
-    if kind == "zero": return torch.zeros_like(t, dtype=torch.float32)
-    if kind == "linear": return torch.full_like(t, c, dtype=torch.float32)
+    if kind == "zero":
+        return torch.zeros_like(t, dtype=torch.float32)
+    if kind == "linear":
+        return torch.full_like(t, c, dtype=torch.float32)
     t, h = t.float(), T // 2
     return torch.sigmoid(-t + h) - torch.sigmoid(-t - 1 + h)
 
 # %% ../nbs/14_gcd.ipynb #b86d32d0
 class GCD:
     "Generalized contrastive divergence / DxMI: an EBM and a T-step diffusion sampler trained jointly."
-    def __init__(self, cfg: GCDConfig, shape: tuple, sampler: DiffusionSampler | None = None, energy_net: nn.Module | None = None,
-                 device="auto", generator: torch.Generator | None = None):
+
+    def __init__(
+        self,
+        cfg: GCDConfig,
+        shape: tuple,
+        sampler: DiffusionSampler | None = None,
+        energy_net: nn.Module | None = None,
+        device="auto",
+        generator: torch.Generator | None = None,
+    ):
         self.cfg, self.shape, self.device = cfg, tuple(shape), pick_device(device)
         self.images = len(self.shape) == 3
         self.gen = generator or torch.Generator().manual_seed(0)
         if sampler is None:
-            if self.images or cfg.sampler != "scratch": raise ValueError("Images and sampler='ddpm' need a sampler built with ddpm_sampler(...); pass sampler=.")
+            if self.images or cfg.sampler != "scratch":
+                raise ValueError(
+                    "Images and sampler='ddpm' need a sampler built with ddpm_sampler(...); pass sampler=."
+                )
             sampler = scratch_sampler(self.shape[0], cfg.T, cfg.init_sigma, cfg.hidden, cfg.depth, cfg.fix_last)
-        if sampler.T != cfg.T: raise ValueError(f"The sampler has {sampler.T} steps but cfg.T = {cfg.T}; build it with T={cfg.T}.")
-        if sampler.shape != self.shape: raise ValueError(f"The sampler makes samples of shape {sampler.shape} but the data have shape {self.shape}.")
+        if sampler.T != cfg.T:
+            raise ValueError(f"The sampler has {sampler.T} steps but cfg.T = {cfg.T}; build it with T={cfg.T}.")
+        if sampler.shape != self.shape:
+            raise ValueError(
+                f"The sampler makes samples of shape {sampler.shape} but the data have shape {self.shape}."
+            )
         if energy_net is None:
-            energy_net = (ConvEnergy(self.shape[0], self.shape[1], cfg.hidden) if cfg.value == "energy" and self.images
-                          else TimeMLP(self.shape[0], 1, cfg.hidden, cfg.depth) if cfg.value == "time" and not self.images else None)
-            if energy_net is None: raise ValueError(f"value={cfg.value!r} does not fit data of shape {shape}: use 'time' for vectors, 'energy' for images.")
+            energy_net = (
+                ConvEnergy(self.shape[0], self.shape[1], cfg.hidden)
+                if cfg.value == "energy" and self.images
+                else TimeMLP(self.shape[0], 1, cfg.hidden, cfg.depth)
+                if cfg.value == "time" and not self.images
+                else None
+            )
+            if energy_net is None:
+                raise ValueError(
+                    f"value={cfg.value!r} does not fit data of shape {shape}: use 'time' for vectors, 'energy' for images."
+                )
         self.sampler, self.value_net = sampler.to(self.device), energy_net.to(self.device)
         self.nets = {"value": self.value_net, "sampler": self.sampler}
-        fused = self.device.type in ("cpu", "cuda")   # one fused kernel per step: ~25% of a 2D iteration on a CPU
+        fused = self.device.type in ("cpu", "cuda")  # one fused kernel per step: ~25% of a 2D iteration on a CPU
         self.opt_value = torch.optim.Adam(self.value_net.parameters(), cfg.lr_value, fused=fused)
-        self.opt_sampler = torch.optim.Adam([{"params": self.sampler.net.parameters(), "lr": cfg.lr_sampler},
-                                             {"params": [self.sampler.log_sigma], "lr": cfg.lr_sigma}], fused=fused)
-        cosine = functools.partial(cosine_lr, n=cfg.iters)   # a partial, not a lambda: a model returned by a worker pickles
-        self.scheds = ([torch.optim.lr_scheduler.LambdaLR(o, cosine) for o in (self.opt_value, self.opt_sampler)]
-                       if cfg.lr_schedule == "cosine" else [])
+        self.opt_sampler = torch.optim.Adam(
+            [
+                {"params": self.sampler.net.parameters(), "lr": cfg.lr_sampler},
+                {"params": [self.sampler.log_sigma], "lr": cfg.lr_sigma},
+            ],
+            fused=fused,
+        )
+        cosine = functools.partial(
+            cosine_lr, n=cfg.iters
+        )  # a partial, not a lambda: a model returned by a worker pickles
+        self.scheds = (
+            [torch.optim.lr_scheduler.LambdaLR(o, cosine) for o in (self.opt_value, self.opt_sampler)]
+            if cfg.lr_schedule == "cosine"
+            else []
+        )
         self.s2 = None  # AVR scales s_t^2, set from the first rollout (see below)
         self.fast = cfg.fast and self.device.type == "cuda"
-        if self.fast: self.sampler.net.compile(); self.value_net.compile()  # in place: state_dict keys unchanged
+        if self.fast:
+            self.sampler.net.compile()
+            self.value_net.compile()  # in place: state_dict keys unchanged
 
     # -- data convention: images in [0, 1] outside, [-1, 1] inside
-    def _in(self, x): return to_pm1(x.to(self.device)) if self.images else x.to(self.device)
-    def _out(self, x): return to_01(x) if self.images else x
+    def _in(self, x):
+        return to_pm1(x.to(self.device)) if self.images else x.to(self.device)
+
+    def _out(self, x):
+        return to_01(x) if self.images else x
 
     def value(self, x: Tensor, t) -> Tensor:
         "V(x, t) on model-space inputs; t an int or (N,) tensor (ignored by a time-independent value)."
-        if self.cfg.value == "energy": return self.value_net((x + 1) / 2 if self.images else x).float()  # ConvEnergy takes [0, 1] images
+        if self.cfg.value == "energy":
+            return self.value_net((x + 1) / 2 if self.images else x).float()  # ConvEnergy takes [0, 1] images
         t = torch.as_tensor(t, device=x.device).float().expand(len(x))
         return self.value_net(x, t).squeeze(1).float()
 
-    def _energy(self, x): return self.value(x, self.cfg.T)
-    def energy(self, x: Tensor) -> Tensor: return self._energy(self._in(x))
+    def _energy(self, x):
+        return self.value(x, self.cfg.T)
+
+    def energy(self, x: Tensor) -> Tensor:
+        return self._energy(self._in(x))
 
     def _clip_step(self, opt, params, clip):
-        if clip is not None: torch.nn.utils.clip_grad_norm_(params, clip)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
 
     def step(self, batch: Tensor) -> dict:
         "One DxMI iteration (bf16 autocast on the fast path; samples, AVR scales and losses stay fp32)."
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.fast): return self._step(batch)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.fast):
+            return self._step(batch)
 
     def _step(self, batch: Tensor) -> dict:
         c, T = self.cfg, self.cfg.T
-        x_pos = self._in(batch); B = len(x_pos)
+        x_pos = self._in(batch)
+        B = len(x_pos)
         xs = rollout(self.sampler, B, self.gen)
         sq = torch.stack([(xs[t + 1] - xs[t]).pow(2).flatten(1).mean(1) for t in range(T)])  # (T, B) mean_D dx^2
         self.s2 = sq.mean(1) if self.s2 is None else c.avr_decay * self.s2 + (1 - c.avr_decay) * sq.mean(1)
         # energy step
         e_pos, e_neg = self._energy(x_pos), self._energy(xs[-1])
         loss_e = e_pos.mean() - e_neg.mean() + c.gamma * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        self.opt_value.zero_grad(set_to_none=True); loss_e.backward()
+        self.opt_value.zero_grad(set_to_none=True)
+        loss_e.backward()
         self._clip_step(self.opt_value, self.value_net.parameters(), c.value_grad_clip)
         # TD value steps, backwards in time
         log_sig = self.sampler.sigma().detach().clamp(min=1e-4).log()
         td = 0.0
         for t in reversed(range(T)):
             with torch.no_grad():
-                cost = (time_cost(c.time_cost, torch.tensor(t), T, c.linear_cost).to(self.device) if c.time_cost
-                        else -c.tau1 * log_sig[t] + c.tau2 * sq[t] / (2 * self.s2[t]))
+                cost = (
+                    time_cost(c.time_cost, torch.tensor(t), T, c.linear_cost).to(self.device)
+                    if c.time_cost
+                    else -c.tau1 * log_sig[t] + c.tau2 * sq[t] / (2 * self.s2[t])
+                )
                 target = self.value(xs[t + 1], t + 1) + cost
             loss_v = F.mse_loss(self.value(xs[t], t), target)
-            self.opt_value.zero_grad(set_to_none=True); loss_v.backward()
-            self._clip_step(self.opt_value, self.value_net.parameters(), c.value_grad_clip); td += loss_v.detach() / T
+            self.opt_value.zero_grad(set_to_none=True)
+            loss_v.backward()
+            self._clip_step(self.opt_value, self.value_net.parameters(), c.value_grad_clip)
+            td += loss_v.detach() / T
         # one reparameterised sampler step on transitions of the buffer
-        x_t = torch.cat(xs[:-1]); t_idx = torch.arange(T, device=self.device).repeat_interleave(B)
+        x_t = torch.cat(xs[:-1])
+        t_idx = torch.arange(T, device=self.device).repeat_interleave(B)
         if c.sampler_batch is not None:
-            pick = torch.randperm(len(x_t), generator=self.gen)[: c.sampler_batch].to(self.device); x_t, t_idx = x_t[pick], t_idx[pick]
+            pick = torch.randperm(len(x_t), generator=self.gen)[: c.sampler_batch].to(self.device)
+            x_t, t_idx = x_t[pick], t_idx[pick]
         noise = torch.randn(x_t.shape, generator=self.gen).to(self.device)
         x_next = self.sampler.step(x_t, t_idx, noise)
-        run = -c.tau1 * self.sampler.sigma().clamp(min=1e-4).log()[t_idx] + c.tau2 * (x_next - x_t).pow(2).flatten(1).mean(1) / (2 * self.s2[t_idx])
-        for p in self.value_net.parameters(): p.requires_grad_(False)
+        run = -c.tau1 * self.sampler.sigma().clamp(min=1e-4).log()[t_idx] + c.tau2 * (x_next - x_t).pow(2).flatten(
+            1
+        ).mean(1) / (2 * self.s2[t_idx])
+        for p in self.value_net.parameters():
+            p.requires_grad_(False)
         loss_s = (self.value(x_next, t_idx + 1) + run).mean()
-        for p in self.value_net.parameters(): p.requires_grad_(True)
-        self.opt_sampler.zero_grad(set_to_none=True); loss_s.backward()
+        for p in self.value_net.parameters():
+            p.requires_grad_(True)
+        self.opt_sampler.zero_grad(set_to_none=True)
+        loss_s.backward()
         self._clip_step(self.opt_sampler, self.sampler.parameters(), c.sampler_grad_clip)
-        for s in self.scheds: s.step()
-        return {"loss_energy": loss_e.detach(), "energy_pos": e_pos.mean().detach(), "energy_neg": e_neg.mean().detach(),
-                "loss_td": td, "loss_sampler": loss_s.detach(), "sigma_mean": self.sampler.sigma().mean().detach()}
+        for s in self.scheds:
+            s.step()
+        return {
+            "loss_energy": loss_e.detach(),
+            "energy_pos": e_pos.mean().detach(),
+            "energy_neg": e_neg.mean().detach(),
+            "loss_td": td,
+            "loss_sampler": loss_s.detach(),
+            "sigma_mean": self.sampler.sigma().mean().detach(),
+        }
 
     def sample(self, n: int, guidance: float = 0.0) -> Tensor:
         "n samples x_T; `guidance` = lambda of value guidance x_{t+1} <- x_{t+1} - lambda sigma_t grad V(x_{t+1}) (paper: helps up to 0.5)."
         check_positive("guidance", guidance, zero_ok=True)
         sig = self.sampler.sigma().detach()
+
         def guide(x, t):
             x = x.detach().requires_grad_(True)
-            g, = torch.autograd.grad(self.value(x, t + 1).sum(), x)
+            (g,) = torch.autograd.grad(self.value(x, t + 1).sum(), x)
             return x - guidance * sig[t] * g
+
         return self._out(rollout(self.sampler, n, self.gen, guide if guidance > 0 else None)[-1]).cpu()
 
     def state_dict(self) -> dict:
-        return {"value": self.value_net.state_dict(), "sampler": self.sampler.state_dict(), "opt_value": self.opt_value.state_dict(),
-                "opt_sampler": self.opt_sampler.state_dict(), "s2": self.s2, "gen": self.gen.get_state(),
-                "scheds": [s.state_dict() for s in self.scheds]}
+        return {
+            "value": self.value_net.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "opt_value": self.opt_value.state_dict(),
+            "opt_sampler": self.opt_sampler.state_dict(),
+            "s2": self.s2,
+            "gen": self.gen.get_state(),
+            "scheds": [s.state_dict() for s in self.scheds],
+        }
 
     def load_state_dict(self, sd: dict):
-        self.value_net.load_state_dict(sd["value"]); self.sampler.load_state_dict(sd["sampler"])
-        self.opt_value.load_state_dict(sd["opt_value"]); self.opt_sampler.load_state_dict(sd["opt_sampler"])
-        self.s2 = None if sd["s2"] is None else sd["s2"].to(self.device); self.gen.set_state(sd["gen"])
-        for s, st in zip(self.scheds, sd.get("scheds", [])): s.load_state_dict(st)
+        self.value_net.load_state_dict(sd["value"])
+        self.sampler.load_state_dict(sd["sampler"])
+        self.opt_value.load_state_dict(sd["opt_value"])
+        self.opt_sampler.load_state_dict(sd["opt_sampler"])
+        self.s2 = None if sd["s2"] is None else sd["s2"].to(self.device)
+        self.gen.set_state(sd["gen"])
+        for s, st in zip(self.scheds, sd.get("scheds", [])):
+            s.load_state_dict(st)
 
 # %% ../nbs/14_gcd.ipynb #300c9c4a
-for _scale, _kw in {"smoke": dict(hidden=64, iters=300), "quick": dict(hidden=128, iters=10000),
-                    "gpu": dict(hidden=128, iters=10000), "paper": dict(hidden=256, iters=20000)}.items():
-    register_preset("gcd", _scale, "toy2d", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-3, lr_sampler=1e-4,
-                                                      lr_sigma=1e-3, lr_schedule="cosine", sampler_batch=256, sampler_grad_clip=0.1,
-                                                      **_kw))
+for _scale, _kw in {
+    "smoke": dict(hidden=64, iters=300),
+    "quick": dict(hidden=128, iters=10000),
+    "gpu": dict(hidden=128, iters=10000),
+    "paper": dict(hidden=256, iters=20000),
+}.items():
+    register_preset(
+        "gcd",
+        _scale,
+        "toy2d",
+        GCDConfig(
+            T=5,
+            tau1=0.1,
+            tau2=0.1,
+            batch_size=256,
+            lr_value=1e-3,
+            lr_sampler=1e-4,
+            lr_sigma=1e-3,
+            lr_schedule="cosine",
+            sampler_batch=256,
+            sampler_grad_clip=0.1,
+            **_kw,
+        ),
+    )
 
 # %% ../nbs/14_gcd.ipynb #d6ef3180
 def toy2d_scratch(scale: str = "quick") -> dict:
@@ -196,20 +313,38 @@ def toy2d_scratch(scale: str = "quick") -> dict:
     return {"iters": 2 * get_preset("gcd", scale, "toy2d").iters, "lr_sampler": 3e-4}
 
 # %% ../nbs/14_gcd.ipynb #b6cffe8c
-_image = dict(T=10, value="energy", time_cost="sigmoid", sampler="ddpm", fix_last=True, tau1=0.1, tau2=0.01, sampler_grad_clip=0.1)
-_short, _released = dict(lr_value=1e-4, lr_sampler=1e-6, lr_sigma=1e-4), dict(lr_value=1e-5, lr_sampler=1e-7, lr_sigma=1e-5)
-for _scale, _kw in {"smoke": dict(hidden=8, iters=4, batch_size=16, **_short),
-                    "quick": dict(hidden=16, iters=100, batch_size=64, **_short),
-                    "gpu": dict(hidden=64, iters=5000, batch_size=128, **_released),
-                    "paper": dict(hidden=128, iters=78000, batch_size=128, **_released)}.items():
-    for _data in ("fmnist", "cifar10"): register_preset("gcd", _scale, _data, GCDConfig(**_image, sampler_batch=_kw["batch_size"], **_kw))
-for _scale, _kw in {"smoke": dict(hidden=64, iters=30), "quick": dict(hidden=256, iters=600),
-                    "gpu": dict(hidden=512, iters=5000), "paper": dict(hidden=512, iters=20000)}.items():
-    register_preset("gcd", _scale, "fmnist_anomaly", GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-4, lr_sampler=1e-4, lr_sigma=1e-4, **_kw))
+_image = dict(
+    T=10, value="energy", time_cost="sigmoid", sampler="ddpm", fix_last=True, tau1=0.1, tau2=0.01, sampler_grad_clip=0.1
+)
+_short, _released = (
+    dict(lr_value=1e-4, lr_sampler=1e-6, lr_sigma=1e-4),
+    dict(lr_value=1e-5, lr_sampler=1e-7, lr_sigma=1e-5),
+)
+for _scale, _kw in {
+    "smoke": dict(hidden=8, iters=4, batch_size=16, **_short),
+    "quick": dict(hidden=16, iters=100, batch_size=64, **_short),
+    "gpu": dict(hidden=64, iters=5000, batch_size=128, **_released),
+    "paper": dict(hidden=128, iters=78000, batch_size=128, **_released),
+}.items():
+    for _data in ("fmnist", "cifar10"):
+        register_preset("gcd", _scale, _data, GCDConfig(**_image, sampler_batch=_kw["batch_size"], **_kw))
+for _scale, _kw in {
+    "smoke": dict(hidden=64, iters=30),
+    "quick": dict(hidden=256, iters=600),
+    "gpu": dict(hidden=512, iters=5000),
+    "paper": dict(hidden=512, iters=20000),
+}.items():
+    register_preset(
+        "gcd",
+        _scale,
+        "fmnist_anomaly",
+        GCDConfig(T=5, tau1=0.1, tau2=0.1, batch_size=256, lr_value=1e-4, lr_sampler=1e-4, lr_sigma=1e-4, **_kw),
+    )
 
 # %% ../nbs/14_gcd.ipynb #dfdef461
-def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int = 50000, ema_decay: float = 0.999,
-             device="cpu") -> tuple[DDPM, nn.Module]:
+def toy_ddpm(
+    toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int = 50000, ema_decay: float = 0.999, device="cpu"
+) -> tuple[DDPM, nn.Module]:
     "A DDPM trained with `T` steps (linear betas over T) on `toy`, and the EMA copy of its noise net, which is sampled."
     g = seed_everything(seed)
     data = sample_toy(toy, n_train, generator=g)
@@ -218,12 +353,25 @@ def toy_ddpm(toy: str, T: int, scale: str = "quick", seed: int = 0, n_train: int
     train(ddpm, data, ddpm.cfg.iters, ddpm.cfg.batch_size, generator=g, ema={"ema_eps": ema}, desc=f"{toy} ddpm T={T}")
     return ddpm, ema.module
 
-def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000, n_eval: int = 10000,
-               n_samplings: int = 5, auc_box: float = 4.0, device="cpu") -> dict:
+
+def table1_job(
+    row: dict,
+    seed: int,
+    scale: str = "quick",
+    n_train: int = 50000,
+    n_eval: int = 10000,
+    n_samplings: int = 5,
+    auc_box: float = 4.0,
+    device="cpu",
+) -> dict:
     """One Table 1 row for one seed: a DDPM trained with T steps (weights as `_eps`), or DxMI (model as `_model`).
 
     A DxMI row from a DDPM may carry `_pretrained = {seed: weights}` from its DDPM rows; without it the DDPM is trained here."""
-    toy, method, over = row["toy"], check_choice("method", row["method"], ("DDPM", "DxMI")), dict(row.get("overrides", {}))
+    toy, method, over = (
+        row["toy"],
+        check_choice("method", row["method"], ("DDPM", "DxMI")),
+        dict(row.get("overrides", {})),
+    )
     score = lambda sample, energy: toy_eval(sample, energy, toy, n_eval, n_samplings, seed, auc_box)
     if method == "DDPM":
         ddpm, net = toy_ddpm(toy, row["T"], scale, seed, n_train, device=device)
@@ -233,12 +381,16 @@ def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000,
     pre = check_choice("pretrain", row.get("pretrain"), (None, "ddpm", "respaced"))
     cfg = get_preset("gcd", scale, "toy2d", **{"T": row.get("T", 5), "tau1": row["tau"], "tau2": row["tau"], **over})
     sampler, pre_iters = None, 0
-    if pre is not None:   # "ddpm": a DDPM trained with T steps; "respaced": a 1000-step DDPM respaced to T steps
+    if pre is not None:  # "ddpm": a DDPM trained with T steps; "respaced": a 1000-step DDPM respaced to T steps
         n_steps = cfg.T if pre == "ddpm" else 1000
-        if seed in row.get("_pretrained", {}):   # its DDPM row's weights (same toy, steps, scale and seed): no retraining
+        if seed in row.get(
+            "_pretrained", {}
+        ):  # its DDPM row's weights (same toy, steps, scale and seed): no retraining
             d = DDPM(get_preset("ddpm", scale, "toy2d", n_steps=n_steps), (2,), device)
-            d.net.load_state_dict(row["_pretrained"][seed]); net = d.net
-        else: d, net = toy_ddpm(toy, n_steps, scale, seed, n_train, device=device)
+            d.net.load_state_dict(row["_pretrained"][seed])
+            net = d.net
+        else:
+            d, net = toy_ddpm(toy, n_steps, scale, seed, n_train, device=device)
         net = copy.deepcopy(net).requires_grad_(True).train()
         sampler, pre_iters = ddpm_sampler(net, (2,), cfg.T, d.schedule), d.cfg.iters
     g = seed_everything(seed)
@@ -246,19 +398,32 @@ def table1_job(row: dict, seed: int, scale: str = "quick", n_train: int = 50000,
     gen = torch.Generator().manual_seed(seed)
     m = GCD(cfg, (2,), sampler=sampler, device=device, generator=gen)
     train(m, data, cfg.iters, cfg.batch_size, generator=gen, desc=f"{toy} dxmi tau={row['tau']} {pre or 'scratch'}")
-    return {"iters": cfg.iters, "pretrain_iters": pre_iters, "lr_sampler": cfg.lr_sampler, **score(m.sample, m.energy), "_model": m}
+    return {
+        "iters": cfg.iters,
+        "pretrain_iters": pre_iters,
+        "lr_sampler": cfg.lr_sampler,
+        **score(m.sample, m.energy),
+        "_model": m,
+    }
 
 # %% ../nbs/14_gcd.ipynb #31791eb2
 IMAGE_DATASETS = ("fmnist", "cifar10")
 IMAGE_METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid"}
-IMAGE_ABLATIONS = {"DxMI": {}, "tau = 0": dict(tau1=0.0, tau2=0.0), "linear time cost": dict(time_cost="linear"),
-                   "no time cost": dict(time_cost="zero")}
+IMAGE_ABLATIONS = {
+    "DxMI": {},
+    "tau = 0": dict(tau1=0.0, tau2=0.0),
+    "linear time cost": dict(time_cost="linear"),
+    "no time cost": dict(time_cost="zero"),
+}
+
 
 def load_images(dataset: str, split: str = "train") -> Tensor:
     "Float images (N, C, H, W) in [0, 1] of `dataset` ('fmnist' from the IDX files, 'cifar10' through torchvision)."
     check_choice("dataset", dataset, IMAGE_DATASETS)
-    if dataset == "fmnist": return to_float(load_fashion_mnist(split)[0])
+    if dataset == "fmnist":
+        return to_float(load_fashion_mnist(split)[0])
     return dataset_tensors(load_torchvision("cifar10", split))[0]
+
 
 def image_features(dataset: str, device="cpu"):
     "The feature map of the table's metric: our Fashion-MNIST classifier (FD-FMNIST), or Inception (FID) for cifar10."
@@ -266,28 +431,51 @@ def image_features(dataset: str, device="cpu"):
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
 
 # %% ../nbs/14_gcd.ipynb #6e6ba0a2
-def image_ddpm(dataset: str, scale: str, data: Tensor | None = None, path=None, save_to=None, device="cpu", generator=None) -> DDPM:
+def image_ddpm(
+    dataset: str, scale: str, data: Tensor | None = None, path=None, save_to=None, device="cpu", generator=None
+) -> DDPM:
     "The pretrained DDPM of the image table: loaded from checkpoint `path`, or trained on `data` (and saved to `save_to`)."
-    from ebm_nb.core import load_checkpoint, save_checkpoint
+    from ebm_nb.checkpoints import load_checkpoint, save_checkpoint
+
     check_choice("dataset", dataset, IMAGE_DATASETS)
     shape = (1, 28, 28) if dataset == "fmnist" else (3, 32, 32)
     ddpm = DDPM(get_preset("ddpm", scale, dataset), shape, device, generator)
     if path is not None:
         path = Path(path)
-        if not path.is_absolute() and not path.is_file(): path = repo_root() / path  # papermill runs in the notebook's folder
-        if not path.is_file(): raise FileNotFoundError(f"No DDPM checkpoint at {path}; pass the file this notebook saved (checkpoints/gcd/) or None to train one.")
-        try: load_checkpoint(path, restore_rng=False, ddpm=ddpm)
+        if not path.is_absolute() and not path.is_file():
+            path = repo_root() / path  # papermill runs in the notebook's folder
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No DDPM checkpoint at {path}; pass the file this notebook saved (checkpoints/gcd/) or None to train one."
+            )
+        try:
+            load_checkpoint(path, restore_rng=False, ddpm=ddpm)
         except RuntimeError as e:
-            raise ValueError(f"The DDPM checkpoint {path} does not fit the {scale} preset's network (SmallUNet with {ddpm.cfg.hidden} "
-                             f"base channels, images {shape}); pass the scale it was trained at. ({str(e)[:100]}...)") from None
+            raise ValueError(
+                f"The DDPM checkpoint {path} does not fit the {scale} preset's network (SmallUNet with {ddpm.cfg.hidden} "
+                f"base channels, images {shape}); pass the scale it was trained at. ({str(e)[:100]}...)"
+            ) from None
         return ddpm
-    if data is None: raise ValueError("image_ddpm needs a checkpoint `path` or `data` to train on.")
+    if data is None:
+        raise ValueError("image_ddpm needs a checkpoint `path` or `data` to train on.")
     train(ddpm, data, ddpm.cfg.iters, ddpm.cfg.batch_size, generator=generator, desc=f"{dataset} ddpm")
-    if save_to is not None: save_checkpoint(save_to, ddpm.cfg.iters, {"scale": scale, "dataset": dataset}, ddpm=ddpm)
+    if save_to is not None:
+        save_checkpoint(save_to, ddpm.cfg.iters, {"scale": scale, "dataset": dataset}, ddpm=ddpm)
     return ddpm
 
-def image_variant(row: dict, seed: int, eps_state: dict, dataset: str = "fmnist", scale: str = "quick", n_eval: int = 2000,
-                  guidance: float = 0.5, n_ref: int | None = None, n_show: int = 64, device="cpu") -> list[dict]:
+
+def image_variant(
+    row: dict,
+    seed: int,
+    eps_state: dict,
+    dataset: str = "fmnist",
+    scale: str = "quick",
+    n_eval: int = 2000,
+    guidance: float = 0.5,
+    n_ref: int | None = None,
+    n_show: int = 64,
+    device="cpu",
+) -> list[dict]:
     "One Table 2 row for one seed: fine-tune the `row['T']`-step sampler of a DDPM with ablation `row['method']`; score +- guidance."
     name, T = check_choice("ablation", row["method"], tuple(IMAGE_ABLATIONS)), check_int("T", row["T"])
     x_train, x_ref = load_images(dataset, "train"), load_images(dataset, "test")[:n_ref]
@@ -297,11 +485,14 @@ def image_variant(row: dict, seed: int, eps_state: dict, dataset: str = "fmnist"
     cfg = get_preset("gcd", scale, dataset, T=T, **IMAGE_ABLATIONS[name])
     m = GCD(cfg, shape, sampler=ddpm_sampler(ddpm.net, shape, T), device=device, generator=gen)
     hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=gen, desc=f"{name} T={T}")
-    feats = image_features(dataset, device); ref = feature_stats(feats, x_ref)
+    feats = image_features(dataset, device)
+    ref = feature_stats(feats, x_ref)
     rows, shown = [], []
     for lam in (0.0, guidance):
-        keep = lambda i, x: shown.append(x[:n_show]) if i == 0 else None   # the first chunk's samples, for the figure
-        scores = image_eval(lambda k: m.sample(k, guidance=lam), n_eval, ref, feats, IMAGE_METRIC[dataset], chunk_fn=keep)
+        keep = lambda i, x: shown.append(x[:n_show]) if i == 0 else None  # the first chunk's samples, for the figure
+        scores = image_eval(
+            lambda k: m.sample(k, guidance=lam), n_eval, ref, feats, IMAGE_METRIC[dataset], chunk_fn=keep
+        )
         rows.append({"method": name, "T": T, "guidance": lam, "iters": cfg.iters, **scores})
     return [{**r, "_samples": shown[-1], "_history": hist} for r in rows]
 
@@ -309,6 +500,7 @@ def image_variant(row: dict, seed: int, eps_state: dict, dataset: str = "fmnist"
 def fmnist_vectors(x: Tensor) -> Tensor:
     "uint8 Fashion-MNIST images (N, 28, 28) -> 784-d vectors in [-1, 1]."
     return to_float(x).flatten(1) * 2 - 1
+
 
 def anomaly_class(row: dict, seed: int, scale: str = "quick", device="cpu", n_train: int | None = None) -> dict:
     "One anomaly row for one seed: DxMI on Fashion-MNIST without class `row['held_out']` at `row['tau']`; the energy's AUROC."
@@ -322,6 +514,16 @@ def anomaly_class(row: dict, seed: int, scale: str = "quick", device="cpu", n_tr
     m = GCD(cfg, (784,), device=device, generator=gen)
     train(m, normal, cfg.iters, cfg.batch_size, generator=gen, desc=f"without {FMNIST_CLASSES[held_out]}, tau={tau}")
     with torch.no_grad():
-        e_in, e_out = m.energy(fmnist_vectors(xt[yt != held_out])).cpu(), m.energy(fmnist_vectors(xt[yt == held_out])).cpu()
-    return {"held_out": held_out, "class": FMNIST_CLASSES[held_out], "tau": tau, "auroc": energy_auroc(e_in, e_out),
-            "iters": cfg.iters, "n_normal": len(e_in), "n_anomaly": len(e_out)}
+        e_in, e_out = (
+            m.energy(fmnist_vectors(xt[yt != held_out])).cpu(),
+            m.energy(fmnist_vectors(xt[yt == held_out])).cpu(),
+        )
+    return {
+        "held_out": held_out,
+        "class": FMNIST_CLASSES[held_out],
+        "tau": tau,
+        "auroc": energy_auroc(e_in, e_out),
+        "iters": cfg.iters,
+        "n_normal": len(e_in),
+        "n_anomaly": len(e_out),
+    }

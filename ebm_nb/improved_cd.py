@@ -10,10 +10,20 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from .core import check_choice, check_int, check_positive, pick_device, register_preset
+from .core import check_choice, check_int, check_positive, pick_device
+from .presets import register_preset
 from .data import TOY_BOUND, dequantize
 from .nets import ICD_NETS, MLPEnergy, icd_energy
-from .sampling import BUFFER_POLICIES, ChainBuffer, from_buffer, from_noise, frozen, langevin, nn_entropy, paper_augment
+from ebm_nb.sampling import (
+    BUFFER_POLICIES,
+    ChainBuffer,
+    from_buffer,
+    from_noise,
+    frozen,
+    langevin,
+    nn_entropy,
+    paper_augment,
+)
 from .training import EMA, allreduce_grads, train
 
 # %% auto #0
@@ -23,74 +33,93 @@ __all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'COMPOSITIONS', 'ImprovedCDConfig', 'ab
 # %% ../nbs/11_improved_cd.ipynb #a22950e5
 ICD_NET_KINDS = ("multiscale", "mlp")
 
+
 @dataclass
 class ImprovedCDConfig:
     "Hyperparameters of Improved CD; kl / entropy / augment / multiscale / buffer are switches, so ablations are presets."
-    net: str = "multiscale"            # "multiscale" (images: nets.MultiScaleEnergy) or "mlp" (vectors: 2D toys)
-    net_preset: str = "cifar10"        # nets.ICD_NETS entry for images
-    filter_dim: int | None = None      # None: the preset's
-    multiscale: bool = True            # three scales (x, pool x, pool pool x); False: the full-resolution branch only
+
+    net: str = "multiscale"  # "multiscale" (images: nets.MultiScaleEnergy) or "mlp" (vectors: 2D toys)
+    net_preset: str = "cifar10"  # nets.ICD_NETS entry for images
+    filter_dim: int | None = None  # None: the preset's
+    multiscale: bool = True  # three scales (x, pool x, pool pool x); False: the full-resolution branch only
     self_attn: bool = True
     spectral_norm: bool = False
-    residual: bool = False             # the block's skip connection (added to the code after publication)
-    hidden: int = 128                  # MLP energy width / depth (vectors)
+    residual: bool = False  # the block's skip connection (added to the code after publication)
+    hidden: int = 128  # MLP energy width / depth (vectors)
     depth: int = 3
     lr: float = 2e-4
     betas: tuple = (0.0, 0.9)
     grad_clip_norm: float = 0.5
-    steps: int = 40                    # Langevin steps K
-    step_size: float = 100.0           # lambda
-    noise: float = 0.001               # sigma (decoupled from lambda, as in the code)
-    kl: bool = True                    # the KL term through the last step
+    steps: int = 40  # Langevin steps K
+    step_size: float = 100.0  # lambda
+    noise: float = 0.001  # sigma (decoupled from lambda, as in the code)
+    kl: bool = True  # the KL term through the last step
     kl_coeff: float = 1.0
-    kl_subset: int | None = None       # chains in the KL term (None: all; the code uses 32 on LSUN/ImageNet/MNIST)
-    entropy: bool = True               # nearest-neighbour entropy (needs kl and buffer)
+    kl_subset: int | None = None  # chains in the KL term (None: all; the code uses 32 on LSUN/ImageNet/MNIST)
+    entropy: bool = True  # nearest-neighbour entropy (needs kl and buffer)
     entropy_weight: float = 0.3
-    entropy_refs: int = 100            # augmented buffer samples the entropy is measured against
-    entropy_min_buffer: int = 1000     # the entropy starts once the buffer holds more than this
-    l2: float = 1.0                    # energy-magnitude penalty E+^2 + E-^2
-    augment: bool = True               # augmentation transition at chain restarts (images)
+    entropy_refs: int = 100  # augmented buffer samples the entropy is measured against
+    entropy_min_buffer: int = 1000  # the entropy starts once the buffer holds more than this
+    l2: float = 1.0  # energy-magnitude penalty E+^2 + E-^2
+    augment: bool = True  # augmentation transition at chain restarts (images)
     crop_scale: tuple = (0.08, 1.0)
-    color: float = 1.0                 # colour-jitter strength s
-    blur: int | None = None            # Gaussian blur kernel (None: no blur)
-    buffer: bool = True                # persistent chains from a buffer; False: every chain starts from noise
+    color: float = 1.0  # colour-jitter strength s
+    blur: int | None = None  # Gaussian blur kernel (None: no blur)
+    buffer: bool = True  # persistent chains from a buffer; False: every chain starts from noise
     buffer_size: int = 10000
-    buffer_policy: str = "reservoir"   # "reservoir" (every released command) or "fifo"
-    uint8: bool = True                 # store the buffer as uint8 (images)
-    reinit_prob: float = 0.001         # chains restarted from noise (0.05 in the release, 0.001 at HEAD)
-    dequantize: bool = True            # positives x*255/256 + U(0, 1/256) (images)
+    buffer_policy: str = "reservoir"  # "reservoir" (every released command) or "fifo"
+    uint8: bool = True  # store the buffer as uint8 (images)
+    reinit_prob: float = 0.001  # chains restarted from noise (0.05 in the release, 0.001 at HEAD)
+    dequantize: bool = True  # positives x*255/256 + U(0, 1/256) (images)
     ema: float = 0.99
-    energy_bound: float = 10.0         # the divergence guard: |mean energy| above this stops the run
-    log_grad: bool = False             # log the gradient norms of the CD part and the KL part separately
+    energy_bound: float = 10.0  # the divergence guard: |mean energy| above this stops the run
+    log_grad: bool = False  # log the gradient norms of the CD part and the KL part separately
     iters: int = 1000
     batch_size: int = 128
-    sample_steps: int | None = None    # Langevin steps of `sample` (None: steps)
-    cache_weights: bool = True         # standardised / spectral-norm weights once per chain (False: per step, as the code)
-    fast: bool = False                 # on CUDA: the K-1 graph-free chain steps compiled (CUDA graphs), nets in bf16
+    sample_steps: int | None = None  # Langevin steps of `sample` (None: steps)
+    cache_weights: bool = True  # standardised / spectral-norm weights once per chain (False: per step, as the code)
+    fast: bool = False  # on CUDA: the K-1 graph-free chain steps compiled (CUDA graphs), nets in bf16
 
     def __post_init__(self):
-        check_choice("net", self.net, ICD_NET_KINDS); check_choice("net_preset", self.net_preset, tuple(ICD_NETS))
+        check_choice("net", self.net, ICD_NET_KINDS)
+        check_choice("net_preset", self.net_preset, tuple(ICD_NETS))
         check_choice("buffer_policy", self.buffer_policy, BUFFER_POLICIES)
-        for k in ("steps", "iters", "batch_size", "buffer_size", "entropy_refs", "hidden", "depth"): check_int(k, getattr(self, k))
+        for k in ("steps", "iters", "batch_size", "buffer_size", "entropy_refs", "hidden", "depth"):
+            check_int(k, getattr(self, k))
         check_int("entropy_min_buffer", self.entropy_min_buffer, 0)
-        for k in ("step_size", "lr", "grad_clip_norm", "energy_bound"): check_positive(k, getattr(self, k))
-        for k in ("noise", "kl_coeff", "entropy_weight", "l2", "color"): check_positive(k, getattr(self, k), zero_ok=True)
-        if not 0 <= self.reinit_prob <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob!r}.")
-        if not 0 <= self.ema < 1: raise ValueError(f"ema must be in [0, 1), got {self.ema!r}; the code uses 0.99.")
+        for k in ("step_size", "lr", "grad_clip_norm", "energy_bound"):
+            check_positive(k, getattr(self, k))
+        for k in ("noise", "kl_coeff", "entropy_weight", "l2", "color"):
+            check_positive(k, getattr(self, k), zero_ok=True)
+        if not 0 <= self.reinit_prob <= 1:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob!r}.")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}; the code uses 0.99.")
         if self.buffer and self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size={self.buffer_size} is smaller than batch_size={self.batch_size}; the buffer must hold "
-                             "at least one batch of chains, so use buffer_size >= batch_size (the code uses 10000).")
+            raise ValueError(
+                f"buffer_size={self.buffer_size} is smaller than batch_size={self.batch_size}; the buffer must hold "
+                "at least one batch of chains, so use buffer_size >= batch_size (the code uses 10000)."
+            )
         if self.kl_subset is not None and not 1 <= self.kl_subset <= self.batch_size:
             raise ValueError(f"kl_subset must be None or in [1, batch_size={self.batch_size}], got {self.kl_subset!r}.")
         if self.entropy and not (self.kl and self.buffer):
-            raise ValueError("entropy=True needs kl=True and buffer=True: the entropy reaches the energy only through the KL "
-                             "step and measures distances to buffer samples; set entropy=False.")
-        if self.sample_steps is not None: check_int("sample_steps", self.sample_steps, 0)
+            raise ValueError(
+                "entropy=True needs kl=True and buffer=True: the entropy reaches the energy only through the KL "
+                "step and measures distances to buffer samples; set entropy=False."
+            )
+        if self.sample_steps is not None:
+            check_int("sample_steps", self.sample_steps, 0)
 
 # %% ../nbs/11_improved_cd.ipynb #97242dc1
-ABLATIONS = {"full": {}, "no_kl": dict(kl=False, entropy=False), "no_entropy": dict(entropy=False),
-             "no_augment": dict(augment=False), "no_multiscale": dict(multiscale=False),
-             "baseline_cd": dict(kl=False, entropy=False, augment=False, multiscale=False)}
+ABLATIONS = {
+    "full": {},
+    "no_kl": dict(kl=False, entropy=False),
+    "no_entropy": dict(entropy=False),
+    "no_augment": dict(augment=False),
+    "no_multiscale": dict(multiscale=False),
+    "baseline_cd": dict(kl=False, entropy=False, augment=False, multiscale=False),
+}
+
 
 def ablate(cfg: ImprovedCDConfig, name: str, **overrides) -> ImprovedCDConfig:
     "A copy of `cfg` with the ablation `name` (`ABLATIONS`) and keyword `overrides` applied."
@@ -100,39 +129,68 @@ def ablate(cfg: ImprovedCDConfig, name: str, **overrides) -> ImprovedCDConfig:
 # %% ../nbs/11_improved_cd.ipynb #1c7cc508
 class ImprovedCD:
     "Improved contrastive divergence for an energy on images (multi-scale ResNet) or vectors (MLP)."
-    def __init__(self, cfg: ImprovedCDConfig, shape: tuple, device="auto", generator: torch.Generator | None = None,
-                 bound: float = TOY_BOUND):
+
+    def __init__(
+        self,
+        cfg: ImprovedCDConfig,
+        shape: tuple,
+        device="auto",
+        generator: torch.Generator | None = None,
+        bound: float = TOY_BOUND,
+    ):
         self.cfg, self.shape, self.device, self.bound = cfg, tuple(shape), pick_device(device), bound
         self.images = len(self.shape) == 3
         if self.images and cfg.net != "multiscale":
-            raise ValueError(f"net={cfg.net!r} needs vector data, got image shape {shape}; use net='multiscale' for images.")
+            raise ValueError(
+                f"net={cfg.net!r} needs vector data, got image shape {shape}; use net='multiscale' for images."
+            )
         if not self.images:
             if len(self.shape) != 1 or cfg.net != "mlp":
-                raise ValueError(f"Vector data needs net='mlp' and a shape (dim,), got net={cfg.net!r} and shape {shape}.")
+                raise ValueError(
+                    f"Vector data needs net='mlp' and a shape (dim,), got net={cfg.net!r} and shape {shape}."
+                )
             if cfg.augment or cfg.multiscale or cfg.uint8:
-                raise ValueError("augment, multiscale and uint8 apply to images only; set them False for vector data "
-                                 "(the toy2d presets do).")
+                raise ValueError(
+                    "augment, multiscale and uint8 apply to images only; set them False for vector data "
+                    "(the toy2d presets do)."
+                )
         elif self.shape[1] != self.shape[2]:
             raise ValueError(f"The multi-scale energy needs square images (C, H, H), got shape {shape}.")
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
         if self.images:
             extra = {} if cfg.filter_dim is None else {"filter_dim": cfg.filter_dim}
-            net = icd_energy(cfg.net_preset, in_ch=self.shape[0], size=self.shape[1], scales=3 if cfg.multiscale else 1,
-                             self_attn=cfg.self_attn, spectral_norm=cfg.spectral_norm, residual=cfg.residual, **extra)
-        else: net = MLPEnergy(self.shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm)
+            net = icd_energy(
+                cfg.net_preset,
+                in_ch=self.shape[0],
+                size=self.shape[1],
+                scales=3 if cfg.multiscale else 1,
+                self_attn=cfg.self_attn,
+                spectral_norm=cfg.spectral_norm,
+                residual=cfg.residual,
+                **extra,
+            )
+        else:
+            net = MLPEnergy(self.shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm)
         self.net = net.to(self.device)
         self.nets = {"energy": self.net}
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.ema = EMA(self.net, cfg.ema)
-        self.buffer = (ChainBuffer(cfg.buffer_size, self.noise, cfg.reinit_prob, cfg.buffer_policy, cfg.uint8, self.device)
-                       if cfg.buffer else None)
-        self.augment = (partial(paper_augment, crop_scale=cfg.crop_scale, color=cfg.color, blur=cfg.blur)
-                        if cfg.augment else None)
+        self.buffer = (
+            ChainBuffer(cfg.buffer_size, self.noise, cfg.reinit_prob, cfg.buffer_policy, cfg.uint8, self.device)
+            if cfg.buffer
+            else None
+        )
+        self.augment = (
+            partial(paper_augment, crop_scale=cfg.crop_scale, color=cfg.color, blur=cfg.blur) if cfg.augment else None
+        )
         self.iteration = 0
 
     # coordinates: the net and the chains live in [0, 1]^d
-    def _unit(self, x: Tensor) -> Tensor: return x if self.images else (x + self.bound) / (2 * self.bound)
-    def _data(self, u: Tensor) -> Tensor: return u if self.images else u * 2 * self.bound - self.bound
+    def _unit(self, x: Tensor) -> Tensor:
+        return x if self.images else (x + self.bound) / (2 * self.bound)
+
+    def _data(self, u: Tensor) -> Tensor:
+        return u if self.images else u * 2 * self.bound - self.bound
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         "Chain starting points: uniform on [0, 1]^shape, on the method's device."
@@ -149,8 +207,9 @@ class ImprovedCD:
 
     def chain(self, net: nn.Module, x0: Tensor, steps: int, generator: torch.Generator | None = None, **kw) -> Tensor:
         "The sampler on unit-space `x0`: `steps` Langevin steps of `net`, clamped to [0, 1]; `kw` go to `langevin`."
-        c = self.cfg; fast = c.fast and self.device.type == "cuda"
-        cache = parametrize.cached() if c.cache_weights and not fast else contextlib.nullcontext()   # compile fuses them
+        c = self.cfg
+        fast = c.fast and self.device.type == "cuda"
+        cache = parametrize.cached() if c.cache_weights and not fast else contextlib.nullcontext()  # compile fuses them
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
         with cache, amp:
             return langevin(net, x0, steps, c.step_size, c.noise, generator, clamp=(0.0, 1.0), compile=fast, **kw)
@@ -161,15 +220,20 @@ def _grad_norm(grads) -> Tensor:
     gs = [g for g in grads if g is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs])) if gs else torch.zeros(())
 
+
 def _negatives(self, n: int) -> tuple[Tensor, Tensor]:
     "(x_neg detached, x_kl through the last step) of `n` chains, composed from the chain API; x_neg is added to the buffer."
     c = self.cfg
-    if self.buffer is not None: x0, _ = from_buffer(self.buffer, n, self.gen, augment=self.augment)
-    else: x0 = self.noise(n)
+    if self.buffer is not None:
+        x0, _ = from_buffer(self.buffer, n, self.gen, augment=self.augment)
+    else:
+        x0 = self.noise(n)
     x = self.chain(self.net, x0, c.steps, self.gen, last_graph=c.kl)
     x_neg = x.detach()
-    if self.buffer is not None: self.buffer.add(x_neg, self.gen)
-    return x_neg, x[:c.kl_subset or n]
+    if self.buffer is not None:
+        self.buffer.add(x_neg, self.gen)
+    return x_neg, x[: c.kl_subset or n]
+
 
 def _kl_loss(self, x_kl: Tensor) -> tuple[Tensor, Tensor | None]:
     "(kl_coeff * mean E_frozen(x_kl) - w * entropy, the entropy or None): reaches the parameters only through x_kl."
@@ -179,16 +243,20 @@ def _kl_loss(self, x_kl: Tensor) -> tuple[Tensor, Tensor | None]:
         ent = None
         if c.entropy and len(self.buffer) > c.entropy_min_buffer:
             refs = self.buffer.draw(c.entropy_refs, self.gen)
-            if self.augment is not None: refs = self.augment(refs, self.gen)
+            if self.augment is not None:
+                refs = self.augment(refs, self.gen)
             ent = nn_entropy(x_kl, refs)
             loss = loss - c.entropy_weight * ent
     return loss, ent
 
+
 def _step(self, batch: Tensor) -> dict:
     "One Improved-CD update; every logged value is a 0-dim tensor on the device."
-    c = self.cfg; self.iteration += 1
+    c = self.cfg
+    self.iteration += 1
     x_pos = self._unit(batch.to(self.device))
-    if self.images and c.dequantize: x_pos = dequantize(x_pos, self.gen)
+    if self.images and c.dequantize:
+        x_pos = dequantize(x_pos, self.gen)
     x_neg, x_kl = self.negatives(len(x_pos))
     e_pos, e_neg = self.scale_energies(x_pos), self.scale_energies(x_neg)
     loss_cd = e_pos.mean() - e_neg.mean()
@@ -203,153 +271,312 @@ def _step(self, batch: Tensor) -> dict:
         for p, a, b in zip(params, g_ml, g_kl):
             p.grad = a if b is None else (b if a is None else a + b)
         logs["grad_cd"], logs["grad_kl"] = _grad_norm(g_ml), _grad_norm(g_kl)
-    else: (loss_ml + loss_kl).backward()
-    allreduce_grads(params)   # under DDP: average, then clip, as the code does (train's pre-step hook then averages equal values)
+    else:
+        (loss_ml + loss_kl).backward()
+    allreduce_grads(
+        params
+    )  # under DDP: average, then clip, as the code does (train's pre-step hook then averages equal values)
     gnorm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip_norm)
     self.opt.step()
-    logs.update(loss=(loss_ml + loss_kl).detach(), loss_cd=loss_cd.detach(), loss_kl=loss_kl.detach(),
-                energy_pos=e_pos.mean().detach(), energy_neg=e_neg.mean().detach(), grad_norm=gnorm.detach())
-    if ent is not None: logs["entropy"] = ent.detach()
+    logs.update(
+        loss=(loss_ml + loss_kl).detach(),
+        loss_cd=loss_cd.detach(),
+        loss_kl=loss_kl.detach(),
+        energy_pos=e_pos.mean().detach(),
+        energy_neg=e_neg.mean().detach(),
+        grad_norm=gnorm.detach(),
+    )
+    if ent is not None:
+        logs["entropy"] = ent.detach()
     return logs
+
 
 ImprovedCD.negatives, ImprovedCD.kl_loss, ImprovedCD.step = _negatives, _kl_loss, _step
 
 # %% ../nbs/11_improved_cd.ipynb #a0473753
-def _sample(self, n: int, steps: int | None = None, init: str | None = None, ema: bool = True,
-            generator: torch.Generator | None = None) -> Tensor:
+def _sample(
+    self,
+    n: int,
+    steps: int | None = None,
+    init: str | None = None,
+    ema: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     "`n` samples (CPU, data coordinates): Langevin with the (EMA) energy from the buffer (default when it has samples) or noise."
     check_int("n", n)
     init = init or ("buffer" if self.buffer is not None and len(self.buffer) > 0 else "noise")
     check_choice("init", init, ("buffer", "noise"))
     if init == "buffer" and (self.buffer is None or len(self.buffer) == 0):
         raise ValueError("init='buffer' needs a buffer holding samples; train first or use init='noise'.")
-    gen = generator if generator is not None else torch.Generator().manual_seed(1234)   # leaves the training stream alone
-    steps = steps if steps is not None else (self.cfg.sample_steps if self.cfg.sample_steps is not None else self.cfg.steps)
+    gen = (
+        generator if generator is not None else torch.Generator().manual_seed(1234)
+    )  # leaves the training stream alone
+    steps = (
+        steps if steps is not None else (self.cfg.sample_steps if self.cfg.sample_steps is not None else self.cfg.steps)
+    )
     x0 = self.buffer.draw(n, gen) if init == "buffer" else self.noise(n, gen)
     x = self.chain(self.ema.module if ema else self.net, x0, steps, gen) if steps else x0
     return self._data(x).cpu()
 
+
 def _state_dict(self) -> dict:
     "Net, optimiser, chain generator, iteration and buffer (the EMA is saved by `train`)."
-    sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "iteration": self.iteration}
-    if self.buffer is not None: sd["buffer"] = self.buffer.state_dict()
+    sd = {
+        "net": self.net.state_dict(),
+        "opt": self.opt.state_dict(),
+        "gen": self.gen.get_state(),
+        "iteration": self.iteration,
+    }
+    if self.buffer is not None:
+        sd["buffer"] = self.buffer.state_dict()
     return sd
 
+
 def _load_state_dict(self, sd: dict) -> None:
-    self.net.load_state_dict(sd["net"]); self.opt.load_state_dict(sd["opt"]); self.gen.set_state(sd["gen"])
+    self.net.load_state_dict(sd["net"])
+    self.opt.load_state_dict(sd["opt"])
+    self.gen.set_state(sd["gen"])
     self.iteration = sd["iteration"]
-    if self.buffer is not None: self.buffer.load_state_dict(sd["buffer"])
+    if self.buffer is not None:
+        self.buffer.load_state_dict(sd["buffer"])
+
 
 ImprovedCD.sample, ImprovedCD.state_dict, ImprovedCD.load_state_dict = _sample, _state_dict, _load_state_dict
 
-def fit(method: ImprovedCD, data, iters: int | None = None, *, generator: torch.Generator | None = None, ckpt_path=None,
-        ckpt_every: int | None = None, log_every: int = 10, callback=None, desc: str = "improved CD") -> list[dict]:
+
+def fit(
+    method: ImprovedCD,
+    data,
+    iters: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    ckpt_path=None,
+    ckpt_every: int | None = None,
+    log_every: int = 10,
+    callback=None,
+    desc: str = "improved CD",
+) -> list[dict]:
     "Train `method` through `training.train` with its EMA, its guard (`cfg.energy_bound`) and its batch size."
     c = method.cfg
-    return train(method, data, iters or c.iters, c.batch_size, generator=generator, ckpt_path=ckpt_path, ckpt_every=ckpt_every,
-                 log_every=log_every, energy_bound=c.energy_bound, ema={"ema_energy": method.ema}, callback=callback, desc=desc)
+    return train(
+        method,
+        data,
+        iters or c.iters,
+        c.batch_size,
+        generator=generator,
+        ckpt_path=ckpt_path,
+        ckpt_every=ckpt_every,
+        log_every=log_every,
+        energy_bound=c.energy_bound,
+        ema={"ema_energy": method.ema},
+        callback=callback,
+        desc=desc,
+    )
 
 # %% ../nbs/11_improved_cd.ipynb #d360256c
 def _per_image_cpu(aug, x: Tensor, generator: torch.Generator) -> Tensor:
     "`aug` applied to each image separately on the CPU, as the release's per-image PIL transform."
     return torch.cat([aug(xi[None].cpu(), generator) for xi in x]).to(x.device)
 
+
 def official_step(m: ImprovedCD, batch: Tensor) -> dict:
     "One iteration of the official loop in plain eager fp32 (per-image CPU augmentation, no weight caching)."
-    c, gen, net = m.cfg, m.gen, m.net; m.iteration += 1
+    c, gen, net = m.cfg, m.gen, m.net
+    m.iteration += 1
     x_pos = m._unit(batch.to(m.device))
-    if m.images and c.dequantize: x_pos = dequantize(x_pos, gen)
+    if m.images and c.dequantize:
+        x_pos = dequantize(x_pos, gen)
     if m.buffer is not None:
         x, _, fresh = m.buffer.sample(len(x_pos), gen, return_fresh=True)
-        if m.augment is not None: x = torch.where(fresh.view(-1, 1, 1, 1), x, _per_image_cpu(m.augment, x, gen))
-    else: x = m.noise(len(x_pos))
-    for k in range(c.steps):                         # the chain, step by step
+        if m.augment is not None:
+            x = torch.where(fresh.view(-1, 1, 1, 1), x, _per_image_cpu(m.augment, x, gen))
+    else:
+        x = m.noise(len(x_pos))
+    for k in range(c.steps):  # the chain, step by step
         last = c.kl and k == c.steps - 1
         x = x.detach().requires_grad_(True)
-        g, = torch.autograd.grad(net(x).sum(), x, create_graph=last)
+        (g,) = torch.autograd.grad(net(x).sum(), x, create_graph=last)
         x = (x - c.step_size * g + c.noise * torch.randn(x.shape, generator=gen).to(x)).clamp(0, 1)
-    x_kl, x_neg = x[:c.kl_subset or len(x)], x.detach()
-    if m.buffer is not None: m.buffer.add(x_neg, gen)
+    x_kl, x_neg = x[: c.kl_subset or len(x)], x.detach()
+    if m.buffer is not None:
+        m.buffer.add(x_neg, gen)
     e_pos, e_neg = m.scale_energies(x_pos), m.scale_energies(x_neg)
     loss = e_pos.mean() - e_neg.mean() + c.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
     if c.kl:
-        with frozen(net): loss = loss + c.kl_coeff * m.scale_energies(x_kl).mean()
+        with frozen(net):
+            loss = loss + c.kl_coeff * m.scale_energies(x_kl).mean()
         if c.entropy and len(m.buffer) > c.entropy_min_buffer:
             refs = m.buffer.draw(c.entropy_refs, gen)
-            if m.augment is not None: refs = _per_image_cpu(m.augment, refs, gen)
+            if m.augment is not None:
+                refs = _per_image_cpu(m.augment, refs, gen)
             loss = loss - c.entropy_weight * nn_entropy(x_kl, refs)
-    m.opt.zero_grad(set_to_none=True); loss.backward()
+    m.opt.zero_grad(set_to_none=True)
+    loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(list(net.parameters()), c.grad_clip_norm)
     m.opt.step()
     return {"loss": loss.detach(), "energy_pos": e_pos.mean().detach(), "grad_norm": gnorm.detach()}
 
 # %% ../nbs/11_improved_cd.ipynb #75e80fc2
-_TOY = dict(net="mlp", multiscale=False, augment=False, uint8=False, dequantize=False, lr=1e-3, step_size=0.01, noise=0.005,
-            buffer_policy="fifo", entropy_min_buffer=1000)
-for _scale, _kw in {"smoke": dict(hidden=64, iters=150, batch_size=128, steps=20, buffer_size=2000),
-                    "quick": dict(hidden=128, iters=1500, batch_size=256, steps=20),
-                    "gpu": dict(hidden=256, iters=6000, batch_size=1024, steps=40),
-                    "paper": dict(hidden=256, iters=20000, batch_size=1024, steps=40)}.items():
+_TOY = dict(
+    net="mlp",
+    multiscale=False,
+    augment=False,
+    uint8=False,
+    dequantize=False,
+    lr=1e-3,
+    step_size=0.01,
+    noise=0.005,
+    buffer_policy="fifo",
+    entropy_min_buffer=1000,
+)
+for _scale, _kw in {
+    "smoke": dict(hidden=64, iters=150, batch_size=128, steps=20, buffer_size=2000),
+    "quick": dict(hidden=128, iters=1500, batch_size=256, steps=20),
+    "gpu": dict(hidden=256, iters=6000, batch_size=1024, steps=40),
+    "paper": dict(hidden=256, iters=20000, batch_size=1024, steps=40),
+}.items():
     register_preset("improved_cd", _scale, "toy2d", ImprovedCDConfig(**_TOY, **_kw))
 
 _FM = dict(buffer_policy="fifo", reinit_prob=0.001)
-for _scale, _kw in {"smoke": dict(net_preset="fmnist_tiny", iters=10, batch_size=16, steps=10, buffer_size=1000,
-                                  entropy_min_buffer=100, entropy_refs=50),
-                    "quick": dict(net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500),
-                    "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
-                    "paper": dict(net_preset="cifar10", iters=20000, batch_size=128, steps=40, buffer_size=10000,
-                                  buffer_policy="reservoir", reinit_prob=0.05)}.items():
+for _scale, _kw in {
+    "smoke": dict(
+        net_preset="fmnist_tiny",
+        iters=10,
+        batch_size=16,
+        steps=10,
+        buffer_size=1000,
+        entropy_min_buffer=100,
+        entropy_refs=50,
+    ),
+    "quick": dict(
+        net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500
+    ),
+    "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
+    "paper": dict(
+        net_preset="cifar10",
+        iters=20000,
+        batch_size=128,
+        steps=40,
+        buffer_size=10000,
+        buffer_policy="reservoir",
+        reinit_prob=0.05,
+    ),
+}.items():
     register_preset("improved_cd", _scale, "fmnist", ImprovedCDConfig(**{**_FM, **_kw}))
 
-_PAPER = dict(iters=20000, batch_size=128, steps=40, noise=0.001, buffer_size=10000, buffer_policy="reservoir",
-              reinit_prob=0.05, uint8=True, kl=True, entropy=True, multiscale=True, self_attn=True, residual=False)
+_PAPER = dict(
+    iters=20000,
+    batch_size=128,
+    steps=40,
+    noise=0.001,
+    buffer_size=10000,
+    buffer_policy="reservoir",
+    reinit_prob=0.05,
+    uint8=True,
+    kl=True,
+    entropy=True,
+    multiscale=True,
+    self_attn=True,
+    residual=False,
+)
 register_preset("improved_cd", "paper", "cifar10", ImprovedCDConfig(net_preset="cifar10", step_size=100.0, **_PAPER))
-register_preset("improved_cd", "paper", "celeba128",
-                ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER))
+register_preset(
+    "improved_cd",
+    "paper",
+    "celeba128",
+    ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER),
+)
 
 # %% ../nbs/11_improved_cd.ipynb #d573e1ec
-def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 0, overrides: dict | None = None,
-                n_eval: int = 0, n_ref: int | None = None, ood_n: int = 0, n_train: int | None = None, device="cpu",
-                log_every: int = 10, classes: tuple | None = None, return_model: bool = False) -> dict:
+def run_variant(
+    ablation: str,
+    scale: str,
+    dataset: str = "fmnist",
+    seed: int = 0,
+    overrides: dict | None = None,
+    n_eval: int = 0,
+    n_ref: int | None = None,
+    ood_n: int = 0,
+    n_train: int | None = None,
+    device="cpu",
+    log_every: int = 10,
+    classes: tuple | None = None,
+    return_model: bool = False,
+) -> dict:
     """Train the `ablation` of the `scale`/`dataset` preset; {'row', 'history', 'samples', 'energies'(, 'model')} for a table.
 
     `return_model=True` adds the trained method as plain data (config, shape, states; `rebuild` makes it an `ImprovedCD` again),
     so that it crosses process boundaries: parametrized modules cannot be pickled."""
     import time
-    from ebm_nb.core import get_preset, seed_everything
+    from ebm_nb.core import seed_everything
+    from ebm_nb.presets import get_preset
     from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
     from ebm_nb.metrics import energy_auroc, feature_stats, image_eval, load_fmnist_classifier
     from ebm_nb.training import TrainingDiverged
-    check_choice("dataset", dataset, ("fmnist",), hint="the CIFAR-10 / CelebA rows run from the paper presets on a GPU.")
+
+    check_choice(
+        "dataset", dataset, ("fmnist",), hint="the CIFAR-10 / CelebA rows run from the paper presets on a GPU."
+    )
     cfg = ablate(get_preset("improved_cd", scale, dataset), ablation, **(overrides or {}))
-    dev = pick_device(device); g = seed_everything(seed)
+    dev = pick_device(device)
+    g = seed_everything(seed)
     x_train, y_train = load_fashion_mnist("train")
-    if classes is not None:   # one concept: the training images of these classes
+    if classes is not None:  # one concept: the training images of these classes
         if not classes or any(c not in range(10) for c in classes):
             raise ValueError(f"classes must be Fashion-MNIST labels in 0..9, got {classes!r}.")
         x_train = x_train[torch.isin(y_train, torch.tensor(list(classes)))]
     x_train = to_float(x_train[:n_train])
     m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
-    row = {"ablation": ablation, "seed": seed, "classes": classes, "iters": cfg.iters, "kl": cfg.kl, "entropy": cfg.entropy, "augment": cfg.augment,
-           "multiscale": cfg.multiscale, "spectral_norm": cfg.spectral_norm, "self_attn": cfg.self_attn}
+    row = {
+        "ablation": ablation,
+        "seed": seed,
+        "classes": classes,
+        "iters": cfg.iters,
+        "kl": cfg.kl,
+        "entropy": cfg.entropy,
+        "augment": cfg.augment,
+        "multiscale": cfg.multiscale,
+        "spectral_norm": cfg.spectral_norm,
+        "self_attn": cfg.self_attn,
+    }
     t0, out = time.time(), {"samples": None, "energies": {}, "history": []}
-    try:   # the callback keeps the logged rows of a run that the guard stops
-        fit(m, x_train, generator=g, log_every=log_every, desc=f"{ablation} seed {seed}", callback=lambda i, h: out["history"].append(h))
+    try:  # the callback keeps the logged rows of a run that the guard stops
+        fit(
+            m,
+            x_train,
+            generator=g,
+            log_every=log_every,
+            desc=f"{ablation} seed {seed}",
+            callback=lambda i, h: out["history"].append(h),
+        )
         row.update(diverged=False, diverged_at=None)
     except TrainingDiverged as e:
         row.update(diverged=True, diverged_at=e.iteration)
     row["train_s"] = round(time.time() - t0, 1)
     if return_model:
-        out["model"] = {"cfg": cfg, "shape": tuple(x_train.shape[1:]), "state": m.state_dict(), "ema": m.ema.module.state_dict()}
-    if row["diverged"]: return {"row": row, **out}
+        out["model"] = {
+            "cfg": cfg,
+            "shape": tuple(x_train.shape[1:]),
+            "state": m.state_dict(),
+            "ema": m.ema.module.state_dict(),
+        }
+    if row["diverged"]:
+        return {"row": row, **out}
     sample = lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2))
     if n_eval:
         x_ref = to_float(load_fashion_mnist("test")[0][:n_ref])
         feats = load_fmnist_classifier(dev).features
         shown = []
-        scores = image_eval(sample, n_eval, feature_stats(feats, x_ref), feats, "fd_fmnist",
-                            chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None)
-        row.update(scores); out["samples"] = shown[0]
+        scores = image_eval(
+            sample,
+            n_eval,
+            feature_stats(feats, x_ref),
+            feats,
+            "fd_fmnist",
+            chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None,
+        )
+        row.update(scores)
+        out["samples"] = shown[0]
     if ood_n:
         x_test = to_float(load_fashion_mnist("test")[0])
         gen = torch.Generator().manual_seed(seed + 3)
@@ -362,18 +589,25 @@ def run_variant(ablation: str, scale: str, dataset: str = "fmnist", seed: int = 
                 row[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
     return {"row": row, **out}
 
+
 def rebuild(saved: dict, device="cpu") -> ImprovedCD:
     "The `ImprovedCD` that `run_variant(..., return_model=True)` returned as data: nets, EMA, optimiser, buffer, generator."
     m = ImprovedCD(saved["cfg"], saved["shape"], device=device)
-    m.load_state_dict(saved["state"]); m.ema.module.load_state_dict(saved["ema"])
+    m.load_state_dict(saved["state"])
+    m.ema.module.load_state_dict(saved["ema"])
     return m
 
 # %% ../nbs/11_improved_cd.ipynb #3fab9f92
 COMPOSITIONS = ("AND", "OR", "NOT")
 
+
 def compose(kind: str, energy_a, energy_b, alpha: float = 0.5, softmin_t: float = 100.0):
     "The energy of `kind`: AND E_A + E_B, OR -logsumexp(-t E_A, -t E_B) / t, NOT E_A - alpha E_B."
-    check_choice("composition", kind, COMPOSITIONS); check_positive("alpha", alpha); check_positive("softmin_t", softmin_t)
-    if kind == "AND": return lambda x: energy_a(x) + energy_b(x)
-    if kind == "OR": return lambda x: -torch.logsumexp(-softmin_t * torch.stack([energy_a(x), energy_b(x)]), 0) / softmin_t
+    check_choice("composition", kind, COMPOSITIONS)
+    check_positive("alpha", alpha)
+    check_positive("softmin_t", softmin_t)
+    if kind == "AND":
+        return lambda x: energy_a(x) + energy_b(x)
+    if kind == "OR":
+        return lambda x: -torch.logsumexp(-softmin_t * torch.stack([energy_a(x), energy_b(x)]), 0) / softmin_t
     return lambda x: energy_a(x) - alpha * energy_b(x)

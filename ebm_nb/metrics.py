@@ -29,21 +29,29 @@ def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
     "`a` (array or tensor) as a finite float64 array (N, d); a clear error otherwise."
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     a = a.astype(np.float64)
-    if a.ndim == 1: a = a[:, None]
-    if a.ndim != 2: raise ValueError(f"{name} must be samples of shape (N, d), got shape {a.shape}; flatten each sample first.")
-    if len(a) < min_n: raise ValueError(f"{name} has {len(a)} samples; this metric needs at least {min_n}.")
-    if not np.isfinite(a).all(): raise ValueError(f"{name} contains NaN or infinite values; drop or fix those samples first.")
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be samples of shape (N, d), got shape {a.shape}; flatten each sample first.")
+    if len(a) < min_n:
+        raise ValueError(f"{name} has {len(a)} samples; this metric needs at least {min_n}.")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values; drop or fix those samples first.")
     return a
+
 
 def _same_dim(a: np.ndarray, b: np.ndarray, na: str, nb: str):
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{na} has dimension {a.shape[1]} but {nb} has {b.shape[1]}; both must come from the same space (same feature extractor).")
+        raise ValueError(
+            f"{na} has dimension {a.shape[1]} but {nb} has {b.shape[1]}; both must come from the same space (same feature extractor)."
+        )
 
 # %% ../nbs/04_metrics.ipynb #6d85e26d
 def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     "Mean (d,) and unbiased covariance (d, d) of features (N, d), as float64 NumPy arrays."
     f = _samples(feats, "feats", min_n=2)
     return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
+
 
 def _sqrtm_trace(S1: np.ndarray, S2: np.ndarray, eps: float) -> float:
     "Tr (S1 S2)^{1/2}, retrying with eps*I added to both when the product is too singular for sqrtm."
@@ -55,8 +63,11 @@ def _sqrtm_trace(S1: np.ndarray, S2: np.ndarray, eps: float) -> float:
             covmean = scipy.linalg.sqrtm((S1 + off) @ (S2 + off))
     tr = np.trace(covmean)
     if abs(np.imag(tr)) > 1e-3 * max(1.0, abs(np.real(tr))):
-        raise ValueError(f"Tr (S1 S2)^(1/2) has a large imaginary part {np.imag(tr):.3g}; the covariances are not positive semi-definite.")
+        raise ValueError(
+            f"Tr (S1 S2)^(1/2) has a large imaginary part {np.imag(tr):.3g}; the covariances are not positive semi-definite."
+        )
     return float(np.real(tr))
+
 
 def frechet_distance(mu1, S1, mu2, S2, eps: float = 1e-6) -> float:
     "||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}): the Fréchet (squared W2) distance between two Gaussians."
@@ -64,10 +75,13 @@ def frechet_distance(mu1, S1, mu2, S2, eps: float = 1e-6) -> float:
     S1, S2 = np.atleast_2d(np.asarray(S1, np.float64)), np.atleast_2d(np.asarray(S2, np.float64))
     d = len(mu1)
     if mu1.shape != (d,) or mu2.shape != (d,) or S1.shape != (d, d) or S2.shape != (d, d):
-        raise ValueError(f"Shapes do not match: mu1 {mu1.shape}, S1 {S1.shape}, mu2 {mu2.shape}, S2 {S2.shape}; "
-                         "expected (d,), (d, d), (d,), (d, d) with one d.")
+        raise ValueError(
+            f"Shapes do not match: mu1 {mu1.shape}, S1 {S1.shape}, mu2 {mu2.shape}, S2 {S2.shape}; "
+            "expected (d,), (d, d), (d,), (d, d) with one d."
+        )
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(S1) + np.trace(S2) - 2 * _sqrtm_trace(S1, S2, eps))
+
 
 def fd_from_features(f_gen, f_ref) -> float:
     "Fréchet distance between Gaussians fitted to two feature sets (N, d) and (M, d): the one FD/FID mechanism."
@@ -78,40 +92,54 @@ def fd_from_features(f_gen, f_ref) -> float:
 # %% ../nbs/04_metrics.ipynb #371fa253
 def _mmd2_unbiased(kernel, x: np.ndarray, y: np.ndarray, block: int = 2048) -> float:
     "Unbiased MMD^2 between samples x (m, d) and y (n, d) for `kernel(a, b) -> (len(a), len(b))`, summed in blocks."
+
     def total(u, v, off_diag):
         s = 0.0
         for i in range(0, len(u), block):
             for j in range(0, len(v), block):
-                k = kernel(u[i:i + block], v[j:j + block]); s += k.sum()
-                if off_diag and i == j: s -= np.trace(k)
+                k = kernel(u[i : i + block], v[j : j + block])
+                s += k.sum()
+                if off_diag and i == j:
+                    s -= np.trace(k)
         return s
+
     m, n = len(x), len(y)
-    return float(total(x, x, True) / (m * (m - 1)) + total(y, y, True) / (n * (n - 1)) - 2 * total(x, y, False) / (m * n))
+    return float(
+        total(x, x, True) / (m * (m - 1)) + total(y, y, True) / (n * (n - 1)) - 2 * total(x, y, False) / (m * n)
+    )
+
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a @ b.T / a.shape[1] + 1) ** 3
+
 
 def kid(f1, f2, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     "Kernel inception distance of two feature sets: unbiased MMD^2, kernel (x.y/d + 1)^3; (mean, std) over random subsets."
     a, b = _samples(f1, "f1", 2), _samples(f2, "f2", 2)
     _same_dim(a, b, "f1", "f2")
     subsets, m = check_int("subsets", subsets), min(check_int("subset_size", subset_size), len(a), len(b))
-    if m < 2: raise ValueError(f"subset_size must be at least 2, got {subset_size}.")
+    if m < 2:
+        raise ValueError(f"subset_size must be at least 2, got {subset_size}.")
     rng = np.random.default_rng(seed)
-    vals = [_mmd2_unbiased(_poly_kernel, a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
-            for _ in range(subsets)]
+    vals = [
+        _mmd2_unbiased(_poly_kernel, a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)])
+        for _ in range(subsets)
+    ]
     return float(np.mean(vals)), float(np.std(vals))
 
 # %% ../nbs/04_metrics.ipynb #407bbfaa
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
 
+
 def median_bandwidth(x, y, max_points: int = 1000, seed: int = 0) -> float:
     "Median heuristic: the median pairwise distance of the pooled sample (a random subset of `max_points` if larger)."
     z = np.concatenate([_samples(x, "x"), _samples(y, "y")])
-    if len(z) > max_points: z = z[np.random.default_rng(seed).choice(len(z), max_points, replace=False)]
+    if len(z) > max_points:
+        z = z[np.random.default_rng(seed).choice(len(z), max_points, replace=False)]
     h = float(np.median(pdist(z))) if len(z) > 1 else 0.0
     return h if h > 0 else 1.0
+
 
 def mmd_rbf(x, y, bandwidth: float | None = None, seed: int = 0) -> float:
     "Unbiased MMD^2 with the RBF kernel exp(-|a-b|^2 / 2h^2); h = `bandwidth` or the median heuristic."
@@ -130,11 +158,13 @@ def sliced_w2(x, y, n_proj: int = 1000, seed: int = 0, block: int = 100) -> floa
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     n, m = len(a), len(b)
     t = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)  # breakpoints of both quantile functions
-    w = np.diff(t, prepend=0.0)                                       # interval lengths (sum to 1)
-    ia, ib = [np.minimum(((t - w / 2) * k).astype(int), k - 1) for k in (n, m)]  # sorted index at each interval's midpoint
+    w = np.diff(t, prepend=0.0)  # interval lengths (sum to 1)
+    ia, ib = [
+        np.minimum(((t - w / 2) * k).astype(int), k - 1) for k in (n, m)
+    ]  # sorted index at each interval's midpoint
     total = 0.0
     for s in range(0, n_proj, block):
-        pa, pb = np.sort(a @ dirs[s:s + block].T, axis=0), np.sort(b @ dirs[s:s + block].T, axis=0)
+        pa, pb = np.sort(a @ dirs[s : s + block].T, axis=0), np.sort(b @ dirs[s : s + block].T, axis=0)
         total += (w[:, None] * (pa[ia] - pb[ib]) ** 2).sum()
     return float(np.sqrt(total / n_proj))
 
@@ -145,11 +175,14 @@ def fn_device(fn) -> torch.device:
     p = next(mod.parameters(), None) if isinstance(mod, nn.Module) else None
     return p.device if p is not None else torch.device("cpu")
 
+
 def grid_centres(bound: float = TOY_BOUND, n: int = 200) -> np.ndarray:
     "The n cell centres along one axis of the grid over [-bound, bound]."
-    check_positive("bound", bound); n = check_int("n", n)
+    check_positive("bound", bound)
+    n = check_int("n", n)
     h = 2 * bound / n
     return -bound + h * (np.arange(n) + 0.5)
+
 
 @torch.no_grad()
 def on_grid(fn, xs: np.ndarray, name: str = "fn", batch_size: int = 10_000, device=None) -> np.ndarray:
@@ -159,37 +192,53 @@ def on_grid(fn, xs: np.ndarray, name: str = "fn", batch_size: int = 10_000, devi
     pts = torch.tensor(np.stack([X.ravel(), Y.ravel()], 1), dtype=torch.float32, device=dev)
     out = []
     for i in range(0, len(pts), batch_size):
-        v = torch.as_tensor(fn(pts[i:i + batch_size]))
-        if v.numel() != len(pts[i:i + batch_size]):
-            raise ValueError(f"{name} must return one value per point: one energy per point, shape (N,), got shape {tuple(v.shape)} for N={len(pts[i:i + batch_size])}.")
+        v = torch.as_tensor(fn(pts[i : i + batch_size]))
+        if v.numel() != len(pts[i : i + batch_size]):
+            raise ValueError(
+                f"{name} must return one value per point: one energy per point, shape (N,), got shape {tuple(v.shape)} for N={len(pts[i : i + batch_size])}."
+            )
         out.append(v.reshape(-1).double().cpu())
     return torch.cat(out).numpy().reshape(len(xs), len(xs))
 
+
 def _normalise(logits: np.ndarray, cell_area: float) -> np.ndarray:
     return logits - scipy.special.logsumexp(logits) - np.log(cell_area)
+
 
 def grid_log_density(energy_fn, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None):
     "(xs, ys, log_p): log exp(-E)/Z at the centres of an n x n grid over [-bound, bound]^2, Z by the midpoint rule."
     xs = grid_centres(bound, n)
     e = on_grid(energy_fn, xs, "energy_fn", batch_size, device)
-    if not np.isfinite(e).all(): raise ValueError(f"energy_fn returned {np.sum(~np.isfinite(e))} non-finite energies on the grid; energies must be finite.")
+    if not np.isfinite(e).all():
+        raise ValueError(
+            f"energy_fn returned {np.sum(~np.isfinite(e))} non-finite energies on the grid; energies must be finite."
+        )
     return xs, xs.copy(), _normalise(-e, (2 * bound / n) ** 2)
+
 
 def grid_nll(energy_fn, x, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None) -> float:
     "Mean negative log-density of 2D points x under the grid-normalised model exp(-E)/Z (nearest-cell lookup)."
     x = _samples(x, "x")
-    if x.shape[1] != 2: raise ValueError(f"grid_nll is for 2D points, got dimension {x.shape[1]}.")
+    if x.shape[1] != 2:
+        raise ValueError(f"grid_nll is for 2D points, got dimension {x.shape[1]}.")
     out = (np.abs(x) > bound).any(1)
-    if out.any(): raise ValueError(f"{out.sum()} of {len(x)} points lie outside [-{bound}, {bound}]^2 where the grid density is defined; pass a larger bound.")
+    if out.any():
+        raise ValueError(
+            f"{out.sum()} of {len(x)} points lie outside [-{bound}, {bound}]^2 where the grid density is defined; pass a larger bound."
+        )
     xs, _, log_p = grid_log_density(energy_fn, bound, n, batch_size, device)
     ix, iy = [np.clip(((c + bound) / (2 * bound / n)).astype(int), 0, n - 1) for c in (x[:, 0], x[:, 1])]
     return float(-log_p[iy, ix].mean())
 
-def grid_kl(energy_fn, log_p_fn, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None) -> float:
+
+def grid_kl(
+    energy_fn, log_p_fn, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None
+) -> float:
     "KL(p_data || p_model) on the grid; p_data from the (unnormalised) log-density `log_p_fn`, p_model = exp(-E)/Z."
     xs, _, log_q = grid_log_density(energy_fn, bound, n, batch_size, device)
     lp = on_grid(log_p_fn, xs, "log_p_fn", batch_size, device)
-    if np.isnan(lp).any() or (lp == np.inf).any(): raise ValueError("log_p_fn returned NaN or +inf on the grid; it must be a log-density (-inf allowed).")
+    if np.isnan(lp).any() or (lp == np.inf).any():
+        raise ValueError("log_p_fn returned NaN or +inf on the grid; it must be a log-density (-inf allowed).")
     area = (2 * bound / n) ** 2
     log_p = _normalise(lp, area)
     p = np.exp(log_p) * area  # probability of each cell
@@ -198,14 +247,17 @@ def grid_kl(energy_fn, log_p_fn, bound: float = TOY_BOUND, n: int = 200, batch_s
 # %% ../nbs/04_metrics.ipynb #3f529d35
 def _scores(a, name: str) -> np.ndarray:
     a = _samples(a, name)
-    if a.shape[1] != 1: raise ValueError(f"{name} must be one score per sample (N,), got shape {a.shape}.")
+    if a.shape[1] != 1:
+        raise ValueError(f"{name} must be one score per sample (N,), got shape {a.shape}.")
     return a[:, 0]
+
 
 def auroc(scores_pos, scores_neg) -> float:
     "P(score of a random positive > score of a random negative), ties counting 1/2."
     p, n = _scores(scores_pos, "scores_pos"), _scores(scores_neg, "scores_neg")
     ranks = scipy.stats.rankdata(np.concatenate([p, n]))
-    return float((ranks[:len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
+    return float((ranks[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
+
 
 def energy_auroc(e_in, e_out) -> float:
     "AUROC of in-distribution (positive) vs OOD data with score -energy: 1 = in-distribution energies all lower."
@@ -215,31 +267,39 @@ def energy_auroc(e_in, e_out) -> float:
 def _image_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = torch.as_tensor(x).detach().cpu().double(), torch.as_tensor(y).detach().cpu().double()
     if x.ndim != 4 or x.shape != y.shape or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty image batches of one shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"x and y must be non-empty image batches of one shape (N, C, H, W), got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     return x, y
+
 
 def psnr(x, y, data_range: float = 1.0) -> float:
     "Peak signal-to-noise ratio 10 log10(R^2 / MSE) per image, averaged over the batch (inf when identical)."
-    x, y = _image_pair(x, y); check_positive("data_range", data_range)
+    x, y = _image_pair(x, y)
+    check_positive("data_range", data_range)
     mse = ((x - y) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(data_range ** 2 / mse)).mean())
+    return float((10 * torch.log10(data_range**2 / mse)).mean())
+
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2) / (2 * sigma**2))
     g = g / g.sum()
     return g[:, None] * g[None, :]
 
+
 def ssim(x, y, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) -> float:
     "Mean structural similarity (Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, valid filtering) per image, then the batch mean."
-    x, y = _image_pair(x, y); check_positive("data_range", data_range)
+    x, y = _image_pair(x, y)
+    check_positive("data_range", data_range)
     C, H, W = x.shape[1:]
-    win = min(check_int("win_size", win_size), H, W); win -= 1 - win % 2  # largest odd size that fits
+    win = min(check_int("win_size", win_size), H, W)
+    win -= 1 - win % 2  # largest odd size that fits
     w = _gaussian_window(win, sigma).expand(C, 1, win, win)
     filt = lambda z: F.conv2d(z, w, groups=C)
     mx, my = filt(x), filt(y)
-    sxx, syy, sxy = filt(x * x) - mx ** 2, filt(y * y) - my ** 2, filt(x * y) - mx * my
+    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return float(s.flatten(1).mean(1).mean())
 
 # %% ../nbs/04_metrics.ipynb #c5ce8282
@@ -248,21 +308,35 @@ def _images(x, name: str, shape: tuple | None = None) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.ndim != 4 or (shape is not None and tuple(x.shape[1:]) != tuple(shape)):
         want = f"(N, {', '.join(map(str, shape))})" if shape else "(N, C, H, W)"
-        raise ValueError(f"{name} must be images of shape {want}, got {tuple(x.shape)}; add a channel axis with x[:, None] if needed.")
-    if len(x) == 0: raise ValueError(f"{name} is empty; pass at least 2 images.")
-    if not x.is_floating_point(): raise ValueError(f"{name} has dtype {x.dtype}; pass float images in [0, 1] (ebm_nb.data.to_float converts uint8).")
+        raise ValueError(
+            f"{name} must be images of shape {want}, got {tuple(x.shape)}; add a channel axis with x[:, None] if needed."
+        )
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty; pass at least 2 images.")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} has dtype {x.dtype}; pass float images in [0, 1] (ebm_nb.data.to_float converts uint8)."
+        )
     lo, hi = x.min().item(), x.max().item()
     if not (0 <= lo and hi <= 1):
-        raise ValueError(f"{name} has values in [{lo:.3g}, {hi:.3g}]; images must lie in [0, 1] (map [-1, 1] images with (x + 1) / 2).")
+        raise ValueError(
+            f"{name} has values in [{lo:.3g}, {hi:.3g}]; images must lie in [0, 1] (map [-1, 1] images with (x + 1) / 2)."
+        )
     return x.float()
+
 
 @torch.no_grad()
 def features_with(feature_fn, x, batch_size: int = 500) -> np.ndarray:
     "Features (N, d) float64 of `feature_fn` over batches of x, each batch moved to the device of feature_fn's module."
     batch_size, dev, x = check_int("batch_size", batch_size), fn_device(feature_fn), torch.as_tensor(x)
-    if len(x) == 0: raise ValueError("features_with got no images; pass at least 2.")
-    out = [torch.as_tensor(feature_fn(x[i:i + batch_size].to(dev))).flatten(1).double().cpu() for i in range(0, len(x), batch_size)]
+    if len(x) == 0:
+        raise ValueError("features_with got no images; pass at least 2.")
+    out = [
+        torch.as_tensor(feature_fn(x[i : i + batch_size].to(dev))).flatten(1).double().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).numpy()
+
 
 def frechet_distance_with(feature_fn, x_gen, x_ref, batch_size: int = 500, key: str = "fd") -> dict:
     "{key: Fréchet distance between the features `feature_fn` gives two image sets, 'n_gen': N, 'n_ref': M}."
@@ -271,40 +345,62 @@ def frechet_distance_with(feature_fn, x_gen, x_ref, batch_size: int = 500, key: 
 
 # %% ../nbs/04_metrics.ipynb #c1074832
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
+    )
+
 
 class FMNISTClassifier(nn.Module):
     "Small CNN for (N, 1, 28, 28) images in [0, 1]: conv 32-64-128 -> 128-d features -> 10 logits."
+
     mean, std = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 
     def __init__(self, width: int = 32, n_features: int = 128, n_classes: int = 10):
         super().__init__()
-        self.body = nn.Sequential(_conv_block(1, width), _conv_block(width, 2 * width), _conv_block(2 * width, 4 * width), nn.Flatten(),
-                                  nn.Linear(4 * width * 3 * 3, n_features, bias=False), nn.BatchNorm1d(n_features), nn.ReLU())
+        self.body = nn.Sequential(
+            _conv_block(1, width),
+            _conv_block(width, 2 * width),
+            _conv_block(2 * width, 4 * width),
+            nn.Flatten(),
+            nn.Linear(4 * width * 3 * 3, n_features, bias=False),
+            nn.BatchNorm1d(n_features),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(n_features, n_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor: return self.body((x - self.mean) / self.std)
-    def forward(self, x: torch.Tensor) -> torch.Tensor: return self.head(self.features(x))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 # %% ../nbs/04_metrics.ipynb #7b72dd6e
 FMNIST_CLASSIFIER_SHA256 = "86cfe0c55b8561e2f5d5d825eefba0f72420a2619831837c523995dceb0e0cf6"
 _CLASSIFIERS: dict = {}
 
+
 def fmnist_classifier_path() -> Path:
     "Where the committed classifier weights live: `ebm_nb/assets/fmnist_classifier.pt`."
     import ebm_nb
+
     return Path(ebm_nb.__file__).parent / "assets" / "fmnist_classifier.pt"
+
 
 def load_fmnist_classifier(device="cpu") -> FMNISTClassifier:
     "The trained FD-FMNIST classifier in eval mode on `device`, checksum-verified and cached per device."
     dev = pick_device(device)
     if str(dev) not in _CLASSIFIERS:
         path = fmnist_classifier_path()
-        if not path.is_file(): raise FileNotFoundError(f"No classifier weights at {path}; restore them with `git checkout {path.name}` in that folder or run nbs/09_fmnist_classifier.ipynb.")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No classifier weights at {path}; restore them with `git checkout {path.name}` in that folder or run nbs/09_fmnist_classifier.ipynb."
+            )
         got = sha256(path)
         if got != FMNIST_CLASSIFIER_SHA256:
-            raise ValueError(f"{path} has SHA-256 {got} but FMNIST_CLASSIFIER_SHA256 is {FMNIST_CLASSIFIER_SHA256}: the file is corrupt or from "
-                             "another training run. Restore it from git, or after retraining on purpose update FMNIST_CLASSIFIER_SHA256 in nbs/04_metrics.ipynb.")
+            raise ValueError(
+                f"{path} has SHA-256 {got} but FMNIST_CLASSIFIER_SHA256 is {FMNIST_CLASSIFIER_SHA256}: the file is corrupt or from "
+                "another training run. Restore it from git, or after retraining on purpose update FMNIST_CLASSIFIER_SHA256 in nbs/04_metrics.ipynb."
+            )
         sd = torch.load(path, map_location="cpu", weights_only=True)
         model = FMNISTClassifier()
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
@@ -314,10 +410,12 @@ def load_fmnist_classifier(device="cpu") -> FMNISTClassifier:
 # %% ../nbs/04_metrics.ipynb #47bdeb2e
 FMNIST_SHAPE = (1, 28, 28)
 
+
 def fmnist_features(x, batch_size: int = 500, device=None) -> np.ndarray:
     "128-d FD-FMNIST features (N, 128) float64 of images (N, 1, 28, 28) in [0, 1]."
     x = _images(x, "x", FMNIST_SHAPE)
     return features_with(load_fmnist_classifier(device or "auto").features, x, batch_size)
+
 
 def fd_fmnist(x_gen, x_ref, batch_size: int = 500, device=None) -> dict:
     "{'fd_fmnist': Fréchet distance in the classifier's features, 'n_gen', 'n_ref'} for two sets of 28x28 images in [0, 1]."
@@ -325,54 +423,90 @@ def fd_fmnist(x_gen, x_ref, batch_size: int = 500, device=None) -> dict:
     model = load_fmnist_classifier(device or "auto")
     return frechet_distance_with(model.features, x_gen, x_ref, batch_size, key="fd_fmnist")
 
-def kid_fmnist(x_gen, x_ref, subsets: int = 100, subset_size: int = 1000, batch_size: int = 500, device=None, seed: int = 0) -> dict:
+
+def kid_fmnist(
+    x_gen, x_ref, subsets: int = 100, subset_size: int = 1000, batch_size: int = 500, device=None, seed: int = 0
+) -> dict:
     "{'kid_fmnist': mean, 'kid_fmnist_std', 'n_gen', 'n_ref', 'subset_size'}: KID in the classifier's features."
     f_gen, f_ref = fmnist_features(x_gen, batch_size, device), fmnist_features(x_ref, batch_size, device)
     mean, std = kid(f_gen, f_ref, subsets, subset_size, seed)
-    return {"kid_fmnist": mean, "kid_fmnist_std": std, "n_gen": len(f_gen), "n_ref": len(f_ref),
-            "subset_size": min(subset_size, len(f_gen), len(f_ref))}
+    return {
+        "kid_fmnist": mean,
+        "kid_fmnist_std": std,
+        "n_gen": len(f_gen),
+        "n_ref": len(f_ref),
+        "subset_size": min(subset_size, len(f_gen), len(f_ref)),
+    }
 
 # %% ../nbs/04_metrics.ipynb #b008c562
 INCEPTION_ENV = "EBM_NB_INCEPTION_WEIGHTS"
-INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+
 
 def inception_weights_path() -> Path:
     "The FID Inception weights file named by $EBM_NB_INCEPTION_WEIGHTS, or an error saying how to get it."
-    how = (f"Download the standard FID Inception weights pt_inception-2015-12-05-6726825d.pth (about 91 MB) from {INCEPTION_URL}, "
-           f"set {INCEPTION_ENV}=/path/to/pt_inception-2015-12-05-6726825d.pth and install the extra with pip install 'ebm-nb[fid]'. "
-           "For 28x28 grey images, fd_fmnist needs no download.")
+    how = (
+        f"Download the standard FID Inception weights pt_inception-2015-12-05-6726825d.pth (about 91 MB) from {INCEPTION_URL}, "
+        f"set {INCEPTION_ENV}=/path/to/pt_inception-2015-12-05-6726825d.pth and install the extra with pip install 'ebm-nb[fid]'. "
+        "For 28x28 grey images, fd_fmnist needs no download."
+    )
     p = os.environ.get(INCEPTION_ENV, "")
-    if not p: raise RuntimeError(f"Inception FID needs the Inception weights, but {INCEPTION_ENV} is not set. {how}")
+    if not p:
+        raise RuntimeError(f"Inception FID needs the Inception weights, but {INCEPTION_ENV} is not set. {how}")
     path = Path(p).expanduser()
-    if not path.is_file(): raise FileNotFoundError(f"{INCEPTION_ENV}={p!r} is not a file. {how}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{INCEPTION_ENV}={p!r} is not a file. {how}")
     return path
+
 
 def inception_feature_fn(device=None):
     "A function mapping images (N, 1 or 3, H, W) in [0, 1] to 2048-d FID Inception features (torchmetrics)."
     path, dev = inception_weights_path(), pick_device(device or "auto")
-    try: from torchmetrics.image.fid import NoTrainInceptionV3
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError as e:
-        raise ImportError("inception_fid needs torchmetrics with torch-fidelity: pip install 'ebm-nb[fid]' (or pip install 'torchmetrics[image]').") from e
-    net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)).to(dev)
+        raise ImportError(
+            "inception_fid needs torchmetrics with torch-fidelity: pip install 'ebm-nb[fid]' (or pip install 'torchmetrics[image]')."
+        ) from e
+    net = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+    ).to(dev)
+
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.to(dev)
-        if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         return net((x * 255).round().to(torch.uint8))
+
     return fn
+
 
 def inception_fid(x_gen, x_ref, batch_size: int = 100, device=None) -> dict:
     "{'fid': Inception FID, 'n_gen', 'n_ref'} for two sets of images (N, 1 or 3, H, W) in [0, 1]; needs $EBM_NB_INCEPTION_WEIGHTS."
     x_gen, x_ref = _images(x_gen, "x_gen"), _images(x_ref, "x_ref")
     for name, x in (("x_gen", x_gen), ("x_ref", x_ref)):
-        if x.shape[1] not in (1, 3): raise ValueError(f"{name} has {x.shape[1]} channels; Inception FID takes grey (1) or RGB (3) images.")
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"{name} has {x.shape[1]} channels; Inception FID takes grey (1) or RGB (3) images.")
     return frechet_distance_with(inception_feature_fn(device), x_gen, x_ref, batch_size, key="fid")
 
 # %% ../nbs/04_metrics.ipynb #9f4c7f3a
-def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed: int = 0,
-             auc_box: float | None = TOY_BOUND, nll: bool = False) -> dict:
+def toy_eval(
+    sample_fn,
+    energy_fn,
+    toy: str,
+    n: int,
+    n_samplings: int = 1,
+    seed: int = 0,
+    auc_box: float | None = TOY_BOUND,
+    nll: bool = False,
+) -> dict:
     "SW2 (mean, std over samplings), its data floor, and given an energy the data-vs-uniform AUC and grid NLL."
     from ebm_nb.data import MIXTURE_TOYS, sample_toy, toy_log_density
-    check_int("n", n, 2); check_int("n_samplings", n_samplings)
+
+    check_int("n", n, 2)
+    check_int("n_samplings", n_samplings)
     if torch.is_tensor(sample_fn) and n_samplings != 1:
         raise ValueError(f"Given fixed samples instead of a sample_fn, n_samplings must be 1, got {n_samplings}.")
     draw = (lambda k: sample_fn) if torch.is_tensor(sample_fn) else sample_fn
@@ -381,10 +515,16 @@ def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed:
     uniform = None if auc_box is None else (torch.rand(n, 2, generator=g) * 2 - 1) * check_positive("auc_box", auc_box)
     other = sample_toy(toy, n, generator=g)
     sws = torch.tensor([sliced_w2(draw(n), test, seed=i) for i in range(n_samplings)])
-    out = {"sw": sws.mean().item(), "sw_std": sws.std().item() if n_samplings > 1 else 0.0,
-           "sw_floor": sliced_w2(other, test), "n_eval": n, "n_samplings": n_samplings}
+    out = {
+        "sw": sws.mean().item(),
+        "sw_std": sws.std().item() if n_samplings > 1 else 0.0,
+        "sw_floor": sliced_w2(other, test),
+        "n_eval": n,
+        "n_samplings": n_samplings,
+    }
     if energy_fn is not None and uniform is not None:
-        with torch.no_grad(): out["auc"] = energy_auroc(energy_fn(test), energy_fn(uniform))
+        with torch.no_grad():
+            out["auc"] = energy_auroc(energy_fn(test), energy_fn(uniform))
         out["auc_box"] = auc_box
     if energy_fn is not None and nll:
         out["nll_grid"] = grid_nll(energy_fn, test)
@@ -395,16 +535,19 @@ def toy_eval(sample_fn, energy_fn, toy: str, n: int, n_samplings: int = 1, seed:
 def mode_wells(energy_fn, toy: str, n: int = 41, width: float = 0.5, margin: float = 0.01, box: float = 4.0) -> dict:
     "How many modes of mixture `toy` are wells of `energy_fn`: below their lowest barrier to a nearest mode."
     from ebm_nb.data import toy_mixture
+
     c, _ = toy_mixture(toy)
     d = torch.cdist(c, c).fill_diagonal_(float("inf"))
-    i, j = (d <= d.min(1, keepdim=True).values + 1e-4).nonzero(as_tuple=True)   # pairs of nearest neighbours
-    v = c[j] - c[i]; perp = torch.stack([-v[:, 1], v[:, 0]], 1)
+    i, j = (d <= d.min(1, keepdim=True).values + 1e-4).nonzero(as_tuple=True)  # pairs of nearest neighbours
+    v = c[j] - c[i]
+    perp = torch.stack([-v[:, 1], v[:, 0]], 1)
     s, u = torch.linspace(0, 1, n), torch.linspace(-width, width, 2 * n + 1)
     pts = c[i, None, None] + s[None, :, None, None] * v[:, None, None] + u[None, None, :, None] * perp[:, None, None]
     dev = fn_device(energy_fn)
-    with torch.no_grad(): e, e_c = (energy_fn(x.to(dev)).flatten().cpu() for x in (pts.reshape(-1, 2), c))
+    with torch.no_grad():
+        e, e_c = (energy_fn(x.to(dev)).flatten().cpu() for x in (pts.reshape(-1, 2), c))
     e, e_box = e.reshape(len(i), n, 2 * n + 1), on_grid(energy_fn, grid_centres(box, 100), "energy_fn", device=dev)
-    barrier = e.min(2).values.max(1).values                                      # per pair: the pass between the two
+    barrier = e.min(2).values.max(1).values  # per pair: the pass between the two
     low = torch.full((len(c),), float("inf")).scatter_reduce(0, i, barrier, "amin")
     depth = low - e_c
     return {"wells": int((depth > margin * float(e_box.std())).sum()), "modes": len(c), "depth": depth.mean().item()}
@@ -412,40 +555,61 @@ def mode_wells(energy_fn, toy: str, n: int = 41, width: float = 0.5, margin: flo
 # %% ../nbs/04_metrics.ipynb #a90f2149
 class FeatureStats:
     "Streaming float64 sums of features (N, d): mean and covariance of everything seen, the first `keep` rows for KID."
+
     def __init__(self, keep: int = 10_000):
         self.keep, self.n, self.s, self.ss, self.kept = check_int("keep", keep, 0), 0, None, None, []
 
     def update(self, f) -> "FeatureStats":
         f = np.asarray(f, np.float64).reshape(len(f), -1)
-        if self.s is None: self.s, self.ss = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
-        self.n += len(f); self.s += f.sum(0); self.ss += f.T @ f
+        if self.s is None:
+            self.s, self.ss = np.zeros(f.shape[1]), np.zeros((f.shape[1], f.shape[1]))
+        self.n += len(f)
+        self.s += f.sum(0)
+        self.ss += f.T @ f
         room = self.keep - sum(len(k) for k in self.kept)
-        if room > 0: self.kept.append(f[:room])
+        if room > 0:
+            self.kept.append(f[:room])
         return self
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.n < 2: raise ValueError(f"FeatureStats needs at least 2 feature vectors, has {self.n}.")
+        if self.n < 2:
+            raise ValueError(f"FeatureStats needs at least 2 feature vectors, has {self.n}.")
         mu = self.s / self.n
         return mu, (self.ss - self.n * np.outer(mu, mu)) / (self.n - 1)
 
     @property
-    def features(self) -> np.ndarray: return np.concatenate(self.kept)
+    def features(self) -> np.ndarray:
+        return np.concatenate(self.kept)
+
 
 def feature_stats(feature_fn, x, chunk: int = 500, keep: int = 10_000) -> FeatureStats:
     "`FeatureStats` of `feature_fn` over the images `x` (N, C, H, W), `chunk` at a time."
     st = FeatureStats(keep)
-    for i in range(0, len(x), check_int("chunk", chunk)): st.update(features_with(feature_fn, x[i:i + chunk], chunk))
+    for i in range(0, len(x), check_int("chunk", chunk)):
+        st.update(features_with(feature_fn, x[i : i + chunk], chunk))
     return st
 
-def image_eval(sample_fn, n: int, ref, feature_fn, key: str = "fd", chunk: int = 500, kid_subset: int = 1000,
-               kid_keep: int = 10_000, chunk_fn=None) -> dict:
+
+def image_eval(
+    sample_fn,
+    n: int,
+    ref,
+    feature_fn,
+    key: str = "fd",
+    chunk: int = 500,
+    kid_subset: int = 1000,
+    kid_keep: int = 10_000,
+    chunk_fn=None,
+) -> dict:
     "{key: FD, 'kid', 'kid_std', 'n_eval', 'n_ref'} of `n` samples of `sample_fn(k)` against `ref` (images or FeatureStats)."
-    check_int("n", n, 2); check_int("chunk", chunk)
+    check_int("n", n, 2)
+    check_int("chunk", chunk)
     ref = ref if isinstance(ref, FeatureStats) else feature_stats(feature_fn, ref, chunk, kid_keep)
     gen = FeatureStats(kid_keep)
     for i in range(0, n, chunk):
         x = sample_fn(min(chunk, n - i))
-        if chunk_fn is not None: chunk_fn(i, x)
+        if chunk_fn is not None:
+            chunk_fn(i, x)
         gen.update(features_with(feature_fn, x, chunk))
     fd = frechet_distance(*gen.mean_cov(), *ref.mean_cov())
     f, fr = gen.features, ref.features

@@ -20,36 +20,50 @@ __all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'RES_SIZES', 'n_par
 ACTS = {"swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2)}
 IMAGE_SIZES = (8, 16, 28, 32)
 
+
 def _sn(layer: nn.Module, on: bool) -> nn.Module:
     "Wrap `layer` with spectral normalisation when `on`."
     return _spectral_norm(layer) if on else layer
+
 
 def n_params(module: nn.Module) -> int:
     "Number of parameters of `module`."
     return sum(p.numel() for p in module.parameters())
 
+
 def _check_input(net: str, name: str, x: torch.Tensor, trailing: tuple[int, ...]) -> None:
     "Raise a `ValueError` unless `x` has shape `(N, *trailing)`: compares shapes only, so it never syncs with a GPU."
     if x.ndim != len(trailing) + 1 or tuple(x.shape[1:]) != trailing:
-        raise ValueError(f"{net} needs {name} of shape (N, {', '.join(map(str, trailing))}), got {tuple(x.shape)}; "
-                         "add the missing batch or channel dimension, or build the net for this shape.")
+        raise ValueError(
+            f"{net} needs {name} of shape (N, {', '.join(map(str, trailing))}), got {tuple(x.shape)}; "
+            "add the missing batch or channel dimension, or build the net for this shape."
+        )
 
 # %% ../nbs/02_nets.ipynb #5b5bff15
 class MLPEnergy(nn.Module):
     "MLP energy: (N, dim) -> (N,)."
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, act: str = "swish", spectral_norm: bool = False):
+
+    def __init__(
+        self, dim: int = 2, hidden: int = 128, depth: int = 3, act: str = "swish", spectral_norm: bool = False
+    ):
         super().__init__()
-        check_int("dim", dim); check_int("hidden", hidden); check_int("depth", depth)
+        check_int("dim", dim)
+        check_int("hidden", hidden)
+        check_int("depth", depth)
         check_choice("act", act, tuple(ACTS))
         layers, d = [], dim
-        for _ in range(depth): layers += [_sn(nn.Linear(d, hidden), spectral_norm), ACTS[act]()]; d = hidden
+        for _ in range(depth):
+            layers += [_sn(nn.Linear(d, hidden), spectral_norm), ACTS[act]()]
+            d = hidden
         self.net = nn.Sequential(*layers, _sn(nn.Linear(d, 1), spectral_norm))
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"MLPEnergy(dim={self.dim}) needs x of shape (N, {self.dim}) (or (N, ...) with {self.dim} "
-                             f"features per sample), got {tuple(x.shape)}; flatten or pick dim to match.")
+            raise ValueError(
+                f"MLPEnergy(dim={self.dim}) needs x of shape (N, {self.dim}) (or (N, ...) with {self.dim} "
+                f"features per sample), got {tuple(x.shape)}; flatten or pick dim to match."
+            )
         return self.net(x.flatten(1)).squeeze(-1)
 
 # %% ../nbs/02_nets.ipynb #b814e357
@@ -57,16 +71,21 @@ def _trunk(in_ch: int, size: int, width: int, act: str, spectral_norm: bool) -> 
     "Strided conv trunk; returns (module, out_channels, out_size)."
     check_choice("size", size, IMAGE_SIZES, hint="Resize or pad the images to one of these sizes.")
     check_choice("act", act, tuple(ACTS))
-    check_int("in_ch", in_ch); check_int("width", width)
+    check_int("in_ch", in_ch)
+    check_int("width", width)
     layers, c, s = [_sn(nn.Conv2d(in_ch, width, 3, 1, 1), spectral_norm), ACTS[act]()], width, size
     for _ in range(2 if size <= 16 else 3):
-        layers += [_sn(nn.Conv2d(c, 2*c, 3, 2, 1), spectral_norm), ACTS[act]()]
-        c, s = 2*c, (s + 1) // 2
+        layers += [_sn(nn.Conv2d(c, 2 * c, 3, 2, 1), spectral_norm), ACTS[act]()]
+        c, s = 2 * c, (s + 1) // 2
     return nn.Sequential(*layers), c, s
+
 
 class ConvEnergy(nn.Module):
     "Conv energy on images in [0,1]: (N, in_ch, size, size) -> (N,)."
-    def __init__(self, in_ch: int = 1, size: int = 28, width: int = 32, spectral_norm: bool = False, act: str = "swish"):
+
+    def __init__(
+        self, in_ch: int = 1, size: int = 28, width: int = 32, spectral_norm: bool = False, act: str = "swish"
+    ):
         super().__init__()
         self.trunk, c, _ = _trunk(in_ch, size, width, act, spectral_norm)
         self.head = _sn(nn.Linear(c, 1), spectral_norm)
@@ -78,14 +97,19 @@ class ConvEnergy(nn.Module):
         return self.head(h.sum((2, 3))).squeeze(-1)
 
 # %% ../nbs/02_nets.ipynb #4a4c7714
-def _gn(c: int) -> nn.GroupNorm: return nn.GroupNorm(math.gcd(8, c), c)
+def _gn(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, c), c)
+
 
 class ConvGenerator(nn.Module):
     "Generator: z (N, z_dim) -> images (N, out_ch, size, size) in [0,1]."
+
     def __init__(self, z_dim: int = 64, out_ch: int = 1, size: int = 28, width: int = 32):
         super().__init__()
         check_choice("size", size, IMAGE_SIZES, hint="Resize or pad the images to one of these sizes.")
-        check_int("z_dim", z_dim); check_int("out_ch", out_ch); check_int("width", width)
+        check_int("z_dim", z_dim)
+        check_int("out_ch", out_ch)
+        check_int("width", width)
         s0 = 7 if size == 28 else 4
         n_up = int(math.log2(size // s0))
         c = width * 2**n_up
@@ -93,7 +117,12 @@ class ConvGenerator(nn.Module):
         self.fc = nn.Sequential(nn.Linear(z_dim, c * s0 * s0))
         layers = [_gn(c), nn.SiLU()]
         for _ in range(n_up):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c // 2, 3, 1, 1), _gn(c // 2), nn.SiLU()]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(c, c // 2, 3, 1, 1),
+                _gn(c // 2),
+                nn.SiLU(),
+            ]
             c //= 2
         self.body = nn.Sequential(*layers, nn.Conv2d(c, out_ch, 3, 1, 1), nn.Sigmoid())
 
@@ -104,6 +133,7 @@ class ConvGenerator(nn.Module):
 # %% ../nbs/02_nets.ipynb #c37861c7
 class ConvEncoder(nn.Module):
     "Gaussian encoder: images (N, in_ch, size, size) in [0,1] -> (mu, logvar), each (N, z_dim)."
+
     def __init__(self, in_ch: int = 1, size: int = 28, z_dim: int = 64, width: int = 32):
         super().__init__()
         check_int("z_dim", z_dim)
@@ -119,17 +149,22 @@ class ConvEncoder(nn.Module):
 # %% ../nbs/02_nets.ipynb #dd9058f9
 class Standardize(nn.Module):
     "Weight standardisation as a parametrization: per output channel mean 0, unbiased std 1 over (in, kh, kw), + 1e-5."
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return (w - w.mean((1, 2, 3), keepdim=True)) / (w.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-5)
 
+
 class WSConv2d(nn.Conv2d):
     "A conv whose `weight` is standardised (`Standardize`); inside `parametrize.cached()` once per block, not per call."
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         parametrize.register_parametrization(self, "weight", Standardize())
 
+
 class SelfAttention(nn.Module):
     "SAGAN self-attention on (N, C, H, W): gamma * softmax(q k^T) v + x, gamma starting at 0."
+
     def __init__(self, c: int):
         super().__init__()
         self.q, self.k, self.v = nn.Conv2d(c, c // 8, 1), nn.Conv2d(c, c // 8, 1), nn.Conv2d(c, c, 1)
@@ -138,23 +173,40 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q, k, v = self.q(x).flatten(2), self.k(x).flatten(2), self.v(x).flatten(2)
-        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)                      # (N, HW, HW)
+        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # (N, HW, HW)
         return self.gamma * (v @ attn.transpose(1, 2)).view(n, c, h, w) + x
 
-def _icd_norm(c: int) -> nn.GroupNorm: return nn.GroupNorm(c if c <= 128 else 32, c)
+
+def _icd_norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(c if c <= 128 else 32, c)
 
 # %% ../nbs/02_nets.ipynb #59f044ae
 class ICDResBlock(nn.Module):
     "Improved CD's residual block: (WS-conv, norm, FiLM, swish) x 2, optional skip, optional conv + avg-pool downsampling."
-    def __init__(self, f: int, down: bool = False, rescale: bool = False, spectral_norm: bool = False,
-                 n_classes: int | None = None, residual: bool = False, norm: bool = True):
+
+    def __init__(
+        self,
+        f: int,
+        down: bool = False,
+        rescale: bool = False,
+        spectral_norm: bool = False,
+        n_classes: int | None = None,
+        residual: bool = False,
+        norm: bool = True,
+    ):
         super().__init__()
-        conv = (lambda: _spectral_norm(nn.Conv2d(f, f, 3, 1, 1))) if spectral_norm else (lambda: WSConv2d(f, f, 3, 1, 1))
+        conv = (
+            (lambda: _spectral_norm(nn.Conv2d(f, f, 3, 1, 1))) if spectral_norm else (lambda: WSConv2d(f, f, 3, 1, 1))
+        )
         self.conv1, self.conv2 = conv(), conv()
         self.norm1, self.norm2 = (_icd_norm(f), _icd_norm(f)) if norm else (nn.Identity(), nn.Identity())
         self.film = nn.ModuleList([nn.Linear(n_classes, 2 * f) for _ in range(2)]) if n_classes else None
         self.act, self.residual = nn.SiLU(), residual
-        self.down = nn.Sequential(nn.Conv2d(f, 2 * f if rescale else f, 3, 1, 1), nn.AvgPool2d(3, 2, 1), nn.SiLU()) if down else None
+        self.down = (
+            nn.Sequential(nn.Conv2d(f, 2 * f if rescale else f, 3, 1, 1), nn.AvgPool2d(3, 2, 1), nn.SiLU())
+            if down
+            else None
+        )
         self.out_ch = 2 * f if (down and rescale) else f
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,22 +217,30 @@ class ICDResBlock(nn.Module):
                 gain, bias = self.film[i](y).chunk(2, dim=1)
                 h = gain[..., None, None] * h + bias[..., None, None]
             h = self.act(h)
-        if self.residual: h = h + x
+        if self.residual:
+            h = h + x
         return h if self.down is None else self.down(h)
 
 # %% ../nbs/02_nets.ipynb #07bbd3ae
 # (in_ch of each block as a multiple of filter_dim, down, rescale); "attn" marks where self-attention goes
 _ICD_LAYOUTS = {
-    "cifar": {"full": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), "attn", (2, 0, 0), (2, 1, 1), (4, 0, 0), (4, 1, 1)],
-              "mid": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
-              "small": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1)]},
-    "celeba": {"full": [(0.5, 1, 1), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), "attn", (4, 0, 0), (4, 1, 1)],
-               "mid": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
-               "small": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1)]}}
+    "cifar": {
+        "full": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), "attn", (2, 0, 0), (2, 1, 1), (4, 0, 0), (4, 1, 1)],
+        "mid": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
+        "small": [(1, 0, 0), (1, 1, 0), (1, 0, 0), (1, 1, 1)],
+    },
+    "celeba": {
+        "full": [(0.5, 1, 1), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1), "attn", (4, 0, 0), (4, 1, 1)],
+        "mid": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)],
+        "small": [(1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 1)],
+    },
+}
 ICD_LAYOUTS = tuple(_ICD_LAYOUTS)
+
 
 class _ICDBranch(nn.Module):
     "One scale of the multi-scale energy: stem conv, blocks (and attention), swish, mean pool, linear."
+
     def __init__(self, in_ch, f, layout, self_attn, spectral_norm, n_classes, residual, norm):
         super().__init__()
         c0 = int(layout[0][0] * f)
@@ -188,7 +248,8 @@ class _ICDBranch(nn.Module):
         blocks = []
         for spec in layout:
             if spec == "attn":
-                if self_attn: blocks.append(SelfAttention(c))
+                if self_attn:
+                    blocks.append(SelfAttention(c))
                 continue
             c = int(spec[0] * f)
             blocks.append(ICDResBlock(c, bool(spec[1]), bool(spec[2]), spectral_norm, n_classes, residual, norm))
@@ -197,50 +258,91 @@ class _ICDBranch(nn.Module):
 
     def forward(self, x, y=None):
         h = self.stem(x)
-        for b in self.blocks: h = b(h, y) if isinstance(b, ICDResBlock) else b(h)
+        for b in self.blocks:
+            h = b(h, y) if isinstance(b, ICDResBlock) else b(h)
         return self.head(nn.functional.silu(h).mean((2, 3))).squeeze(-1)
 
 # %% ../nbs/02_nets.ipynb #4c9c2ff9
 class MultiScaleEnergy(nn.Module):
     "Improved CD's energy: branches on x, pool(x), pool(pool(x)); `forward` sums the scales (N,), `scale_energies` (N, S)."
-    def __init__(self, in_ch: int = 3, size: int = 32, filter_dim: int = 64, scales: int = 3, self_attn: bool = True,
-                 spectral_norm: bool = False, n_classes: int | None = None, residual: bool = False,
-                 layout: str = "cifar", norm: bool = True):
+
+    def __init__(
+        self,
+        in_ch: int = 3,
+        size: int = 32,
+        filter_dim: int = 64,
+        scales: int = 3,
+        self_attn: bool = True,
+        spectral_norm: bool = False,
+        n_classes: int | None = None,
+        residual: bool = False,
+        layout: str = "cifar",
+        norm: bool = True,
+    ):
         super().__init__()
-        check_int("in_ch", in_ch); check_int("size", size, 4); check_int("filter_dim", filter_dim, 8)
-        check_choice("scales", scales, (1, 2, 3)); check_choice("layout", layout, ICD_LAYOUTS)
-        if n_classes is not None: check_int("n_classes", n_classes)
+        check_int("in_ch", in_ch)
+        check_int("size", size, 4)
+        check_int("filter_dim", filter_dim, 8)
+        check_choice("scales", scales, (1, 2, 3))
+        check_choice("layout", layout, ICD_LAYOUTS)
+        if n_classes is not None:
+            check_int("n_classes", n_classes)
         spec = _ICD_LAYOUTS[layout]
-        low = {"cifar": 16, "celeba": 64}[layout]   # the deepest blocks then see >= 2x2 pixels (instance norm zeroes 1x1)
-        if size < low: raise ValueError(f"MultiScaleEnergy(layout={layout!r}) needs images of at least {low}x{low}, got size={size}; "
-                                        "its deepest blocks would see 1x1 maps, which instance norm turns into constants.")
+        low = {"cifar": 16, "celeba": 64}[
+            layout
+        ]  # the deepest blocks then see >= 2x2 pixels (instance norm zeroes 1x1)
+        if size < low:
+            raise ValueError(
+                f"MultiScaleEnergy(layout={layout!r}) needs images of at least {low}x{low}, got size={size}; "
+                "its deepest blocks would see 1x1 maps, which instance norm turns into constants."
+            )
         # the paper's CelebA code builds its mid and small branches without norm and spectral norm flags
         plain = layout == "celeba"
         self.branches = nn.ModuleList(
-            [_ICDBranch(in_ch, filter_dim, spec[name], self_attn and name == "full", spectral_norm and not (plain and i),
-                        n_classes, residual, norm or (plain and i > 0)) for i, name in enumerate(("full", "mid", "small")[:scales])])
+            [
+                _ICDBranch(
+                    in_ch,
+                    filter_dim,
+                    spec[name],
+                    self_attn and name == "full",
+                    spectral_norm and not (plain and i),
+                    n_classes,
+                    residual,
+                    norm or (plain and i > 0),
+                )
+                for i, name in enumerate(("full", "mid", "small")[:scales])
+            ]
+        )
         self.pool = nn.AvgPool2d(3, 2, 1)
         self.in_ch, self.size, self.scales, self.n_classes = in_ch, size, scales, n_classes
 
     def scale_energies(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         "Energies per scale, (N, scales): full resolution first."
-        _check_input(f"MultiScaleEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
+        _check_input(
+            f"MultiScaleEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size)
+        )
         if y is not None and (self.n_classes is None or tuple(y.shape) != (len(x), self.n_classes)):
-            raise ValueError(f"MultiScaleEnergy(n_classes={self.n_classes}) needs one-hot labels of shape "
-                             f"({len(x)}, {self.n_classes}), got {tuple(y.shape)}; build it with n_classes to condition.")
+            raise ValueError(
+                f"MultiScaleEnergy(n_classes={self.n_classes}) needs one-hot labels of shape "
+                f"({len(x)}, {self.n_classes}), got {tuple(y.shape)}; build it with n_classes to condition."
+            )
         out = []
         for b in self.branches:
-            out.append(b(x, y)); x = self.pool(x)
+            out.append(b(x, y))
+            x = self.pool(x)
         return torch.stack(out, 1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.scale_energies(x, y).sum(1)
 
 # %% ../nbs/02_nets.ipynb #33ea6a51
-ICD_NETS = {"fmnist_tiny": dict(in_ch=1, size=28, filter_dim=8),
-            "fmnist_small": dict(in_ch=1, size=28, filter_dim=16),
-            "cifar10": dict(in_ch=3, size=32, filter_dim=64),
-            "celeba128": dict(in_ch=3, size=128, filter_dim=128, layout="celeba")}
+ICD_NETS = {
+    "fmnist_tiny": dict(in_ch=1, size=28, filter_dim=8),
+    "fmnist_small": dict(in_ch=1, size=28, filter_dim=16),
+    "cifar10": dict(in_ch=3, size=32, filter_dim=64),
+    "celeba128": dict(in_ch=3, size=128, filter_dim=128, layout="celeba"),
+}
+
 
 def icd_energy(name: str, **overrides) -> MultiScaleEnergy:
     "The multi-scale energy preset `name` (`ICD_NETS`), with keyword `overrides`."
@@ -250,26 +352,39 @@ def icd_energy(name: str, **overrides) -> MultiScaleEnergy:
 # %% ../nbs/02_nets.ipynb #13fdbcee
 RES_SIZES = (32, 64)
 
+
 def _res_size(size: int) -> int:
-    return check_choice("size", size, RES_SIZES, hint="The Dual-MCMC ResNets exist for 32 px (CIFAR-10) and 64 px (CelebA-64) "
-                        "images; use ConvGenerator / ConvEncoder / ConvEnergy for 8, 16 or 28 px.")
+    return check_choice(
+        "size",
+        size,
+        RES_SIZES,
+        hint="The Dual-MCMC ResNets exist for 32 px (CIFAR-10) and 64 px (CelebA-64) "
+        "images; use ConvGenerator / ConvEncoder / ConvEnergy for 8, 16 or 28 px.",
+    )
+
 
 def dual_mcmc_init(module: nn.Module) -> nn.Module:
     "The official `weights_init`: Xavier-normal conv weights, BatchNorm weight ~ N(0, 1) and bias 0 (in place)."
     for m in module.modules():
-        if isinstance(m, nn.Conv2d): nn.init.xavier_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d): nn.init.normal_(m.weight, 0.0, 1.0); nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 0.0, 1.0)
+            nn.init.zeros_(m.bias)
     return module
+
 
 def _sn_all(module: nn.Module) -> nn.Module:
     "Spectral norm on every Conv2d and Linear of `module` (in place)."
     for m in list(module.modules()):
-        if isinstance(m, (nn.Conv2d, nn.Linear)): _spectral_norm(m)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            _spectral_norm(m)
     return module
 
 # %% ../nbs/02_nets.ipynb #8606efe6
 class _DownBlock(nn.Module):
     "ReLU, conv, ReLU, conv (, avg-pool); shortcut 1x1 conv (, avg-pool) when the shape changes. `first`: no leading ReLU."
+
     def __init__(self, c_in: int, c_out: int, down: bool, first: bool = False):
         super().__init__()
         self.c1, self.c2 = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
@@ -279,16 +394,21 @@ class _DownBlock(nn.Module):
     def forward(self, x):
         h = self.c1(x if self.first else torch.relu(x))
         h = self.c2(torch.relu(h))
-        if self.down: h = nn.functional.avg_pool2d(h, 2)
+        if self.down:
+            h = nn.functional.avg_pool2d(h, 2)
         s = x
-        if self.first: s = self.sc(nn.functional.avg_pool2d(s, 2))       # the start block pools before its 1x1 conv
+        if self.first:
+            s = self.sc(nn.functional.avg_pool2d(s, 2))  # the start block pools before its 1x1 conv
         elif self.sc is not None:
             s = self.sc(s)
-            if self.down: s = nn.functional.avg_pool2d(s, 2)
+            if self.down:
+                s = nn.functional.avg_pool2d(s, 2)
         return h + s
+
 
 class _UpBlock(nn.Module):
     "BN, ReLU, bilinear x2, conv, BN, ReLU, conv; shortcut bilinear x2 and a 1x1 conv."
+
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.b1, self.c1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, 1, 1)
@@ -296,7 +416,8 @@ class _UpBlock(nn.Module):
         self.sc = nn.Conv2d(c_in, c_out, 1)
 
     @staticmethod
-    def _up(x): return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    def _up(x):
+        return nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
     def forward(self, x):
         h = self.c2(torch.relu(self.b2(self.c1(self._up(torch.relu(self.b1(x)))))))
@@ -305,34 +426,49 @@ class _UpBlock(nn.Module):
 # %% ../nbs/02_nets.ipynb #934d0add
 class ResEnergy(nn.Module):
     "Dual-MCMC's spectrally-normalised ResNet energy on images in [0,1]: (N, in_ch, size, size) -> (N,)."
+
     def __init__(self, in_ch: int = 3, size: int = 32, width: int = 512, spectral_norm: bool = True):
         super().__init__()
         self.size, self.in_ch, self.width = _res_size(size), check_int("in_ch", in_ch), check_int("width", width)
-        if size == 32: chans, downs = [width] * 4, [True, True, False, False]
+        if size == 32:
+            chans, downs = [width] * 4, [True, True, False, False]
         else:
-            if width % 16: raise ValueError(f"ResEnergy(size=64) needs a width divisible by 16 (channels width/16 ... width), got {width}.")
+            if width % 16:
+                raise ValueError(
+                    f"ResEnergy(size=64) needs a width divisible by 16 (channels width/16 ... width), got {width}."
+                )
             chans, downs = [width // 16 * 2**i for i in range(5)], [True] * 5
         blocks, c = [], in_ch
-        for i, (co, d) in enumerate(zip(chans, downs)): blocks.append(_DownBlock(c, co, d, first=i == 0)); c = co
+        for i, (co, d) in enumerate(zip(chans, downs)):
+            blocks.append(_DownBlock(c, co, d, first=i == 0))
+            c = co
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, 1, bias=False)
         dual_mcmc_init(self)
-        if spectral_norm: _sn_all(self)
+        if spectral_norm:
+            _sn_all(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(f"ResEnergy(in_ch={self.in_ch}, size={self.size})", "x", x, (self.in_ch, self.size, self.size))
         h = torch.relu(self.blocks(2 * x - 1)).mean((2, 3))
         return self.head(h).squeeze(-1)
 
+
 class ResGenerator(nn.Module):
     "Dual-MCMC's ResNet generator (BN, bilinear upsampling, tanh): z (N, z_dim) -> images (N, out_ch, size, size) in [0,1]."
+
     def __init__(self, z_dim: int = 128, out_ch: int = 3, size: int = 32, width: int = 512):
         super().__init__()
         self.size, self.z_dim = _res_size(size), check_int("z_dim", z_dim)
-        self.out_ch = check_int("out_ch", out_ch); check_int("width", width)
-        if size == 32: chans = [width] * 4
+        self.out_ch = check_int("out_ch", out_ch)
+        check_int("width", width)
+        if size == 32:
+            chans = [width] * 4
         else:
-            if width % 16: raise ValueError(f"ResGenerator(size=64) needs a width divisible by 16 (channels width ... width/16), got {width}.")
+            if width % 16:
+                raise ValueError(
+                    f"ResGenerator(size=64) needs a width divisible by 16 (channels width ... width/16), got {width}."
+                )
             chans = [width // 2**i for i in range(5)]
         self.c0 = width
         self.fc = nn.Linear(z_dim, 16 * width)
@@ -345,16 +481,22 @@ class ResGenerator(nn.Module):
         t = self.out(self.blocks(self.fc(z).view(len(z), self.c0, 4, 4)))
         return (t + 1) / 2
 
+
 class ResEncoder(nn.Module):
     "Dual-MCMC's Gaussian encoder: images (N, in_ch, size, size) in [0,1] -> (mu, logvar), each (N, z_dim)."
+
     def __init__(self, in_ch: int = 3, size: int = 32, z_dim: int = 128, width: int = 128):
         super().__init__()
         self.size, self.in_ch, self.z_dim = _res_size(size), check_int("in_ch", in_ch), check_int("z_dim", z_dim)
         check_int("width", width)
         act = lambda: nn.LeakyReLU(0.2)
-        if size == 32: layers, c = [nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), act()], width
-        else: layers, c = [nn.Conv2d(in_ch, width, 4, 2, 1, bias=False), act()], width
-        for _ in range(3): layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), act()]; c *= 2
+        if size == 32:
+            layers, c = [nn.Conv2d(in_ch, width, 3, 1, 1, bias=False), act()], width
+        else:
+            layers, c = [nn.Conv2d(in_ch, width, 4, 2, 1, bias=False), act()], width
+        for _ in range(3):
+            layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), act()]
+            c *= 2
         self.trunk = nn.Sequential(*layers)
         self.mu, self.logvar = nn.Conv2d(c, z_dim, 4), nn.Conv2d(c, z_dim, 4)
         dual_mcmc_init(self)
@@ -367,22 +509,31 @@ class ResEncoder(nn.Module):
 # %% ../nbs/02_nets.ipynb #8be6ef2a
 def _z_dim(net: nn.Module, role: str) -> int:
     "`net.z_dim`, or half the outputs of a `ConvEncoder`'s linear head (mu and logvar)."
-    if hasattr(net, "z_dim"): return net.z_dim
-    if isinstance(getattr(net, "head", None), nn.Linear): return net.head.out_features // 2
+    if hasattr(net, "z_dim"):
+        return net.z_dim
+    if isinstance(getattr(net, "head", None), nn.Linear):
+        return net.head.out_features // 2
     raise TypeError(f"Cannot tell the latent size of the {role} {type(net).__name__}: give it a z_dim attribute.")
+
 
 def check_latent_match(generator: nn.Module, encoder: nn.Module) -> int:
     "The common latent size of `generator` and `encoder`; a `ValueError` naming both when they differ."
     zg, ze = _z_dim(generator, "generator"), _z_dim(encoder, "encoder")
-    if zg != ze: raise ValueError(f"The generator takes latents of size {zg} but the encoder outputs latents of size {ze}; "
-                                  "build both with the same z_dim.")
+    if zg != ze:
+        raise ValueError(
+            f"The generator takes latents of size {zg} but the encoder outputs latents of size {ze}; "
+            "build both with the same z_dim."
+        )
     return zg
+
 
 def check_image_match(net: nn.Module, shape: tuple, role: str = "net") -> tuple:
     "`shape` (C, H, W) if `net` (with `in_ch`/`out_ch` and `size`) handles such images, else a `ValueError` naming both."
     ch = getattr(net, "in_ch", None) or getattr(net, "out_ch", None)
     expected = (ch, net.size, net.size)
     if tuple(shape) != expected:
-        raise ValueError(f"The {role} {type(net).__name__} handles images of shape {expected}, but the data are {tuple(shape)}; "
-                         "build it with matching channels and size.")
+        raise ValueError(
+            f"The {role} {type(net).__name__} handles images of shape {expected}, but the data are {tuple(shape)}; "
+            "build it with matching channels and size."
+        )
     return tuple(shape)

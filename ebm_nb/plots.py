@@ -14,13 +14,17 @@ from .core import atomic_path, check_choice, check_int
 from .data import TOY_BOUND
 from .metrics import grid_centres, on_grid
 
+
 def _pick_backend():
     "Agg when there is nowhere to show a window (no display, no IPython); otherwise leave matplotlib's choice alone."
-    if os.environ.get("MPLBACKEND"): return
+    if os.environ.get("MPLBACKEND"):
+        return
     ip = sys.modules.get("IPython")
-    if ip is not None and getattr(ip, "get_ipython", lambda: None)() is not None: return
+    if ip is not None and getattr(ip, "get_ipython", lambda: None)() is not None:
+        return
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         mpl.use("Agg")
+
 
 _pick_backend()
 import matplotlib.pyplot as plt
@@ -28,25 +32,38 @@ import seaborn as sns
 
 # %% auto #0
 __all__ = ['PALETTE', 'CMAP', 'SAVE_DPI', 'FORMATS', 'style_rc', 'style', 'set_style', 'save_fig', 'panel', 'image_grid',
-           'sample_grid', 'chain_strip', 'grid_energy', 'energy_heatmap', 'heatmap_row', 'scatter2d', 'training_curves',
-           'ood_histograms']
+           'sample_grid', 'sample_panels', 'chain_strip', 'grid_energy', 'energy_heatmap', 'heatmap_row', 'scatter2d',
+           'training_curves', 'ood_histograms']
 
 # %% ../nbs/05_plots.ipynb #0afdcc00
 PALETTE = sns.color_palette("colorblind")
 CMAP = "viridis"
 SAVE_DPI = 150
 
+
 def style_rc() -> dict:
     "The rcParams of the project style (seaborn ticks, colour-blind palette, readable fonts)."
     rc = {**sns.axes_style("ticks"), **sns.plotting_context("notebook", font_scale=0.85)}
-    rc.update({"axes.prop_cycle": mpl.cycler(color=PALETTE), "image.cmap": CMAP, "figure.dpi": 100,
-               "savefig.dpi": SAVE_DPI, "axes.spines.top": False, "axes.spines.right": False,
-               "legend.frameon": False, "axes.titlesize": 10, "figure.titlesize": 11})
+    rc.update(
+        {
+            "axes.prop_cycle": mpl.cycler(color=PALETTE),
+            "image.cmap": CMAP,
+            "figure.dpi": 100,
+            "savefig.dpi": SAVE_DPI,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "axes.titlesize": 10,
+            "figure.titlesize": 11,
+        }
+    )
     return rc
+
 
 def style():
     "Context manager: draw in the project style without touching global rcParams."
     return plt.rc_context(style_rc())
+
 
 def set_style():
     "Apply the project style globally (for your own figures in a notebook)."
@@ -55,70 +72,100 @@ def set_style():
 # %% ../nbs/05_plots.ipynb #802e324f
 FORMATS = ("png", "pdf", "svg")
 
+
 def save_fig(fig, path, dpi: int = SAVE_DPI, close: bool = False) -> Path:
     "Save `fig` to `path` atomically (parent folders created, format from the suffix); return the path."
     path = Path(path)
-    check_choice("figure format (file suffix)", path.suffix.lstrip(".").lower(), FORMATS, hint=f"Give path a .png suffix, got {str(path)!r}.")
+    check_choice(
+        "figure format (file suffix)",
+        path.suffix.lstrip(".").lower(),
+        FORMATS,
+        hint=f"Give path a .png suffix, got {str(path)!r}.",
+    )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=dpi, bbox_inches="tight", facecolor="white")
-    if close: plt.close(fig)
+    if close:
+        plt.close(fig)
     return path
+
 
 def _finish(fig, path, close: bool):
     "Save (when `path`) and close (when `close`) a figure this module created; return it."
-    if path is not None: save_fig(fig, path)
-    if close: plt.close(fig)
+    if path is not None:
+        save_fig(fig, path)
+    if close:
+        plt.close(fig)
     return fig
+
 
 def panel(n: int, ncols: int | None = None, size: float = 2.4, **kw):
     "A figure with `n` axes in a grid (at most 6 a row, balanced); returns `(fig, axes)` with `len(axes) == n`."
     check_int("n", n)
-    if ncols is None: ncols = math.ceil(n / math.ceil(n / 6))
+    if ncols is None:
+        ncols = math.ceil(n / math.ceil(n / 6))
     nrows = math.ceil(n / ncols)
     with style():
-        fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), layout="constrained", squeeze=False, **kw)
+        fig, axs = plt.subplots(
+            nrows, ncols, figsize=(size * ncols, size * nrows), layout="constrained", squeeze=False, **kw
+        )
     axs = axs.ravel()
-    for ax in axs[n:]: fig.delaxes(ax)
+    for ax in axs[n:]:
+        fig.delaxes(ax)
     return fig, axs[:n]
 
 # %% ../nbs/05_plots.ipynb #99294f11
 def _np(a, name: str) -> np.ndarray:
     "`a` (tensor, array or nested list) as a float64 numpy array."
-    if isinstance(a, torch.Tensor): return a.detach().float().cpu().numpy().astype(np.float64)
-    try: return np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as e: raise ValueError(f"{name} must be a tensor or array of numbers, got {type(a).__name__}.") from e
+    if isinstance(a, torch.Tensor):
+        return a.detach().float().cpu().numpy().astype(np.float64)
+    try:
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a tensor or array of numbers, got {type(a).__name__}.") from e
+
 
 def _images(x, name: str = "x") -> np.ndarray:
     "Images (N, C, H, W) with C in {1, 3}, clipped to [0, 1]."
     a = _np(x, name)
     if a.ndim != 4 or a.shape[1] not in (1, 3) or a.shape[0] == 0:
-        raise ValueError(f"{name} must be images of shape (N, C, H, W) with N >= 1 and C = 1 or 3, got shape {a.shape}; "
-                         "add a channel axis with x[:, None] for (N, H, W) input.")
+        raise ValueError(
+            f"{name} must be images of shape (N, C, H, W) with N >= 1 and C = 1 or 3, got shape {a.shape}; "
+            "add a channel axis with x[:, None] for (N, H, W) input."
+        )
     return np.clip(a, 0, 1)
+
 
 def _points(x, name: str = "samples") -> np.ndarray:
     "2D points (N, 2)."
     a = _np(x, name)
-    if a.ndim != 2 or a.shape[1] != 2: raise ValueError(f"{name} must be 2D points of shape (N, 2), got shape {a.shape}.")
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{name} must be 2D points of shape (N, 2), got shape {a.shape}.")
     return a
 
 # %% ../nbs/05_plots.ipynb #68c6e8c6
 def image_grid(x, nrow: int = 8, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
     "Tile images (N, C, H, W) into one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) array, `nrow` images per row."
-    x = _images(x); check_int("nrow", nrow); check_int("pad", pad, 0)
+    x = _images(x)
+    check_int("nrow", nrow)
+    check_int("pad", pad, 0)
     n, c, h, w = x.shape
-    ncol = min(nrow, n); rows = math.ceil(n / ncol)
+    ncol = min(nrow, n)
+    rows = math.ceil(n / ncol)
     out = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), pad_value, dtype=np.float32)
     for i, img in enumerate(x):
         r, k = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + k * (w + pad)
-        out[top:top + h, left:left + w] = img.transpose(1, 2, 0)
+        out[top : top + h, left : left + w] = img.transpose(1, 2, 0)
     return out
+
 
 def _imshow(ax, grid: np.ndarray, **kw):
     "Show a (H, W, C) grid: gray map for C=1."
-    if grid.shape[2] == 1: ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest", **kw)
-    else: ax.imshow(grid, interpolation="nearest", **kw)
+    if grid.shape[2] == 1:
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest", **kw)
+    else:
+        ax.imshow(grid, interpolation="nearest", **kw)
+
 
 def sample_grid(x, path=None, nrow: int = 8, title: str | None = None, close: bool = True):
     "Images (N, C, H, W) in [0, 1] as one grid figure, `nrow` images per row; saved to `path` when given."
@@ -126,95 +173,187 @@ def sample_grid(x, path=None, nrow: int = 8, title: str | None = None, close: bo
     cols = min(nrow, len(x))
     w = min(0.8, 8 / cols) * cols
     with style():
-        fig, ax = plt.subplots(figsize=(w, w * grid.shape[0] / grid.shape[1] + (0.3 if title else 0)), layout="constrained")
-        _imshow(ax, grid); ax.set_axis_off()
-        if title: ax.set_title(title)
+        fig, ax = plt.subplots(
+            figsize=(w, w * grid.shape[0] / grid.shape[1] + (0.3 if title else 0)), layout="constrained"
+        )
+        _imshow(ax, grid)
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title)
+    return _finish(fig, path, close)
+
+# %% ../nbs/05_plots.ipynb #b9b90725
+def sample_panels(
+    shown: dict,  # title -> images (N, C, H, W) in [0, 1]; the first `n` of each are drawn
+    path=None,  # where to save the figure (PNG), or None
+    title: str | None = None,  # the figure's title
+    n: int = 36,  # images per panel
+    nrow: int = 6,  # images per row of a panel
+    ncols: int = 3,  # panels per row of the figure
+    size: float = 2.6,  # inches per panel
+    close: bool = True,  # close the figure (it is still returned, and shows once as a cell's result)
+):
+    "One grid of samples per entry of `shown`, side by side: the image panel of every image table."
+    if not shown:
+        raise ValueError("sample_panels got no samples to draw; pass a dict of title -> images.")
+    fig, axes = panel(len(shown), ncols=min(ncols, len(shown)), size=size)
+    for ax, (k, x) in zip(axes, shown.items()):
+        _imshow(ax, image_grid(x[:n], nrow))
+        ax.set_title(k, fontsize=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #291965a4
 def _chain(chain) -> np.ndarray:
     "A chain as (T, N, C, H, W) images."
     if isinstance(chain, (list, tuple)):
-        if not chain: raise ValueError("chain must be a (T, N, C, H, W) tensor or a non-empty list of (N, C, H, W) batches, got an empty list.")
+        if not chain:
+            raise ValueError(
+                "chain must be a (T, N, C, H, W) tensor or a non-empty list of (N, C, H, W) batches, got an empty list."
+            )
         shapes = {tuple(c.shape) if hasattr(c, "shape") else np.shape(c) for c in chain}
-        if len(shapes) != 1: raise ValueError(f"All batches of the chain must have the same shape, got shapes {sorted(shapes)}.")
+        if len(shapes) != 1:
+            raise ValueError(f"All batches of the chain must have the same shape, got shapes {sorted(shapes)}.")
         chain = np.stack([_np(c, "chain") for c in chain])
     a = _np(chain, "chain")
     if a.ndim != 5 or a.shape[2] not in (1, 3) or 0 in a.shape[:2]:
-        raise ValueError(f"chain must be images of shape (T, N, C, H, W) with C = 1 or 3 (or a list of (N, C, H, W) batches), got shape {a.shape}.")
+        raise ValueError(
+            f"chain must be images of shape (T, N, C, H, W) with C = 1 or 3 (or a list of (N, C, H, W) batches), got shape {a.shape}."
+        )
     return np.clip(a, 0, 1)
+
 
 def chain_strip(chain, path=None, every: int = 1, title: str | None = None, energies=None, close: bool = True):
     "A row per chain, a column per `every`-th step; optional energies (T, N) plotted below, aligned with the columns."
-    a = _chain(chain); check_int("every", every)
+    a = _chain(chain)
+    check_int("every", every)
     T, N, C, H, W = a.shape
-    steps = list(range(0, T, every)); steps += [T - 1] if steps[-1] != T - 1 else []
+    steps = list(range(0, T, every))
+    steps += [T - 1] if steps[-1] != T - 1 else []
     if energies is not None:
         e = _np(energies, "energies")
-        if e.shape != (T, N): raise ValueError(f"energies must have shape (T, N) = {(T, N)} to match the chain, got shape {e.shape}.")
+        if e.shape != (T, N):
+            raise ValueError(f"energies must have shape (T, N) = {(T, N)} to match the chain, got shape {e.shape}.")
     grid = image_grid(a[steps].transpose(1, 0, 2, 3, 4).reshape(-1, C, H, W), nrow=len(steps))
     centres = [2 + k * (W + 2) + (W - 1) / 2 for k in range(len(steps))]
-    s = min(0.7, 9 / len(steps)); w_in = s * len(steps); h_img = w_in * grid.shape[0] / grid.shape[1]
+    s = min(0.7, 9 / len(steps))
+    w_in = s * len(steps)
+    h_img = w_in * grid.shape[0] / grid.shape[1]
     with style():
-        if energies is None: fig, ax = plt.subplots(figsize=(w_in, h_img + 0.3 + (0.3 if title else 0)), layout="constrained")
+        if energies is None:
+            fig, ax = plt.subplots(figsize=(w_in, h_img + 0.3 + (0.3 if title else 0)), layout="constrained")
         else:
-            fig, (ax, ax_e) = plt.subplots(2, 1, figsize=(w_in, h_img + 1.6 + (0.3 if title else 0)), layout="constrained",
-                                           gridspec_kw={"height_ratios": [h_img, 1.3]})
+            fig, (ax, ax_e) = plt.subplots(
+                2,
+                1,
+                figsize=(w_in, h_img + 1.6 + (0.3 if title else 0)),
+                layout="constrained",
+                gridspec_kw={"height_ratios": [h_img, 1.3]},
+            )
         _imshow(ax, grid, aspect="auto")
-        ax.xaxis.tick_top(); ax.set_xticks(centres, [str(t) for t in steps]); ax.set_yticks([])
-        ax.tick_params(length=0); sns.despine(ax=ax, left=True, bottom=True)
-        if title: ax.set_title(title)
+        ax.xaxis.tick_top()
+        ax.set_xticks(centres, [str(t) for t in steps])
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        sns.despine(ax=ax, left=True, bottom=True)
+        if title:
+            ax.set_title(title)
         if energies is not None:
             xs = np.interp(np.arange(T), steps, centres)
-            for i in range(N): ax_e.plot(xs, e[:, i], lw=1.2, alpha=0.85)
-            ax_e.set_xlim(ax.get_xlim()); ax_e.set_xticks(centres, [str(t) for t in steps])
-            ax_e.set_xlabel("step"); ax_e.set_ylabel("energy")
+            for i in range(N):
+                ax_e.plot(xs, e[:, i], lw=1.2, alpha=0.85)
+            ax_e.set_xlim(ax.get_xlim())
+            ax_e.set_xticks(centres, [str(t) for t in steps])
+            ax_e.set_xlabel("step")
+            ax_e.set_ylabel("energy")
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #8c0e7589
 @torch.no_grad()
-def grid_energy(energy_fn: Callable, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None) -> np.ndarray:
+def grid_energy(
+    energy_fn: Callable, bound: float = TOY_BOUND, n: int = 200, batch_size: int = 10_000, device=None
+) -> np.ndarray:
     "Energies (n, n) at the centres of an n x n grid over [-bound, bound]^2; row i is y, column j is x (`metrics.on_grid`)."
     check_int("batch_size", batch_size)
     return on_grid(energy_fn, grid_centres(bound, n), "energy_fn", batch_size, device)
 
+
 def _density(E: np.ndarray, bound: float) -> np.ndarray:
     "exp(-E)/Z on the grid, Z by the midpoint rule; non-finite energies get density 0."
     le = np.where(np.isfinite(E), -E, -np.inf)
-    if not np.isfinite(le).any(): raise ValueError("energy_fn returned no finite energy on the grid; nothing to plot.")
+    if not np.isfinite(le).any():
+        raise ValueError("energy_fn returned no finite energy on the grid; nothing to plot.")
     p = np.exp(le - le.max())
     return p / (p.sum() * (2 * bound / E.shape[0]) ** 2)
 
-def _square(ax, bound):
-    ax.set_xlim(-bound, bound); ax.set_ylim(-bound, bound); ax.set_aspect("equal")
-    ax.set_xticks([-bound, 0, bound]); ax.set_yticks([-bound, 0, bound])
 
-def energy_heatmap(energy_fn: Callable, bound: float = TOY_BOUND, n: int = 200, samples=None, path=None, ax=None,
-                   density: bool = True, title: str | None = None, colorbar: bool = False, device=None, close: bool = True):
+def _square(ax, bound):
+    ax.set_xlim(-bound, bound)
+    ax.set_ylim(-bound, bound)
+    ax.set_aspect("equal")
+    ax.set_xticks([-bound, 0, bound])
+    ax.set_yticks([-bound, 0, bound])
+
+
+def energy_heatmap(
+    energy_fn: Callable,
+    bound: float = TOY_BOUND,
+    n: int = 200,
+    samples=None,
+    path=None,
+    ax=None,
+    density: bool = True,
+    title: str | None = None,
+    colorbar: bool = False,
+    device=None,
+    close: bool = True,
+):
     "Heatmap of exp(-E)/Z (`density`) or E over [-bound, bound]^2, optional samples (M, 2) on top; returns the figure."
     pts = None if samples is None else _points(samples)
     E = grid_energy(energy_fn, bound, n, device=device)
     img = _density(E, bound) if density else E
     with style():
         own = ax is None
-        if own: fig, ax = plt.subplots(figsize=(3.2 + (0.6 if colorbar else 0), 3.2), layout="constrained")
+        if own:
+            fig, ax = plt.subplots(figsize=(3.2 + (0.6 if colorbar else 0), 3.2), layout="constrained")
         im = ax.imshow(img, origin="lower", extent=(-bound, bound, -bound, bound), cmap=CMAP, interpolation="nearest")
-        if pts is not None: ax.scatter(pts[:, 0], pts[:, 1], s=1.5, color=PALETTE[3], alpha=0.6, linewidths=0)
-        _square(ax, bound); ax.grid(False)
-        if title: ax.set_title(title)
-        if colorbar: ax.figure.colorbar(im, ax=ax, shrink=0.8, label="density" if density else "energy")
+        if pts is not None:
+            ax.scatter(pts[:, 0], pts[:, 1], s=1.5, color=PALETTE[3], alpha=0.6, linewidths=0)
+        _square(ax, bound)
+        ax.grid(False)
+        if title:
+            ax.set_title(title)
+        if colorbar:
+            ax.figure.colorbar(im, ax=ax, shrink=0.8, label="density" if density else "energy")
     return _finish(ax.figure, path, close and own)
 
-def heatmap_row(fns: Sequence[Callable], titles: Sequence[str] | None = None, samples=None, path=None,
-                ncols: int | None = None, size: float = 2.4, close: bool = True, colorbar: bool = False,
-                title: str | None = None, **kw):
+
+def heatmap_row(
+    fns: Sequence[Callable],
+    titles: Sequence[str] | None = None,
+    samples=None,
+    path=None,
+    ncols: int | None = None,
+    size: float = 2.4,
+    close: bool = True,
+    colorbar: bool = False,
+    title: str | None = None,
+    **kw,
+):
     "One `energy_heatmap` panel per energy in `fns` (`samples`: one (M, 2) set for all, or a list, one per fn); rows of at most 6."
     if callable(fns) or not fns or not all(callable(f) for f in fns):
         raise ValueError("fns must be a non-empty list of energy functions (callables); wrap a single one as [fn].")
-    if titles is not None and len(titles) != len(fns): raise ValueError(f"titles must have one entry per function ({len(fns)}), got {len(titles)}.")
+    if titles is not None and len(titles) != len(fns):
+        raise ValueError(f"titles must have one entry per function ({len(fns)}), got {len(titles)}.")
     if isinstance(samples, (list, tuple)):
-        if len(samples) != len(fns): raise ValueError(f"samples must be one (M, 2) set for all panels or a list with one per function ({len(fns)}), got a list of {len(samples)}.")
-    else: samples = [samples] * len(fns)
+        if len(samples) != len(fns):
+            raise ValueError(
+                f"samples must be one (M, 2) set for all panels or a list with one per function ({len(fns)}), got a list of {len(samples)}."
+            )
+    else:
+        samples = [samples] * len(fns)
     fig, axs = panel(len(fns), ncols=ncols, size=size)
     for i, (f, ax) in enumerate(zip(fns, axs)):
         energy_heatmap(f, samples=samples[i], ax=ax, title=titles[i] if titles else None, **kw)
@@ -222,23 +361,37 @@ def heatmap_row(fns: Sequence[Callable], titles: Sequence[str] | None = None, sa
         if colorbar:  # one colour scale for the row, so panels compare by colour
             ims = [ax.images[0] for ax in axs]
             lo, hi = min(im.get_array().min() for im in ims), max(im.get_array().max() for im in ims)
-            for im in ims: im.set_clim(lo, hi)
+            for im in ims:
+                im.set_clim(lo, hi)
             fig.colorbar(ims[0], ax=list(axs), shrink=0.8, label="density" if kw.get("density", True) else "energy")
-        if title: fig.suptitle(title)
+        if title:
+            fig.suptitle(title)
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #715462bb
-def scatter2d(x, path=None, bound: float | None = TOY_BOUND, ax=None, title: str | None = None, s: float = 2.0,
-              color=None, close: bool = True):
+def scatter2d(
+    x,
+    path=None,
+    bound: float | None = TOY_BOUND,
+    ax=None,
+    title: str | None = None,
+    s: float = 2.0,
+    color=None,
+    close: bool = True,
+):
     "2D samples (N, 2) as small points in [-bound, bound]^2; returns the figure."
     pts = _points(x, "x")
     with style():
         own = ax is None
-        if own: fig, ax = plt.subplots(figsize=(3.2, 3.2), layout="constrained")
+        if own:
+            fig, ax = plt.subplots(figsize=(3.2, 3.2), layout="constrained")
         ax.scatter(pts[:, 0], pts[:, 1], s=s, color=PALETTE[0] if color is None else color, alpha=0.5, linewidths=0)
-        if bound is not None: _square(ax, bound)
-        else: ax.set_aspect("equal")
-        if title: ax.set_title(title)
+        if bound is not None:
+            _square(ax, bound)
+        else:
+            ax.set_aspect("equal")
+        if title:
+            ax.set_title(title)
     return _finish(ax.figure, path, close and own)
 
 # %% ../nbs/05_plots.ipynb #70df6faa
@@ -246,14 +399,19 @@ def _ema(y: np.ndarray, a: float) -> np.ndarray:
     "Debiased exponential moving average of `y`, skipping NaNs."
     out, m, w = np.full_like(y, np.nan), 0.0, 0.0
     for i, v in enumerate(y):
-        if np.isfinite(v): m, w = a * m + (1 - a) * v, a * w + (1 - a)
-        if w > 0: out[i] = m / w
+        if np.isfinite(v):
+            m, w = a * m + (1 - a) * v, a * w + (1 - a)
+        if w > 0:
+            out[i] = m / w
     return out
+
 
 def _refs(refs: dict | None, keys) -> dict:
     "`refs` {key: value or (value, label)} as {key: (float, label)}, for keys that are plotted."
-    if refs is None: return {}
-    if not isinstance(refs, dict): raise ValueError(f"refs must be a dict {{key: value or (value, label)}}, got {type(refs).__name__}.")
+    if refs is None:
+        return {}
+    if not isinstance(refs, dict):
+        raise ValueError(f"refs must be a dict {{key: value or (value, label)}}, got {type(refs).__name__}.")
     out = {}
     for k, v in refs.items():
         check_choice("refs key (a plotted history key)", k, list(keys))
@@ -263,16 +421,37 @@ def _refs(refs: dict | None, keys) -> dict:
         out[k] = (float(val), str(label))
     return out
 
-def training_curves(history: list[dict], keys: Sequence[str] | None = None, path=None, smooth: float = 0.0,
-                    ncols: int = 4, close: bool = True, refs: dict | None = None, title: str | None = None):
+
+def training_curves(
+    history: list[dict],
+    keys: Sequence[str] | None = None,
+    path=None,
+    smooth: float = 0.0,
+    ncols: int = 4,
+    close: bool = True,
+    refs: dict | None = None,
+    title: str | None = None,
+):
     "One small panel per logged key of `history` (a list of dicts with 'iter'), optionally EMA-smoothed, with reference lines."
     if not isinstance(history, (list, tuple)) or not history or not all(isinstance(h, dict) for h in history):
-        raise ValueError(f"history must be a non-empty list of dicts (what train returns), got {type(history).__name__} of length {len(history) if hasattr(history, '__len__') else '?'}.")
-    if any("iter" not in h for h in history): raise ValueError("Every history row needs an 'iter' key (the iteration it was logged at).")
-    if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1): raise ValueError(f"smooth must be in [0, 1) (0 = no smoothing), got {smooth!r}.")
-    avail = list(dict.fromkeys(k for h in history for k, v in h.items() if k != "iter" and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
+        raise ValueError(
+            f"history must be a non-empty list of dicts (what train returns), got {type(history).__name__} of length {len(history) if hasattr(history, '__len__') else '?'}."
+        )
+    if any("iter" not in h for h in history):
+        raise ValueError("Every history row needs an 'iter' key (the iteration it was logged at).")
+    if not (isinstance(smooth, (int, float)) and 0 <= smooth < 1):
+        raise ValueError(f"smooth must be in [0, 1) (0 = no smoothing), got {smooth!r}.")
+    avail = list(
+        dict.fromkeys(
+            k
+            for h in history
+            for k, v in h.items()
+            if k != "iter" and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        )
+    )
     keys = avail if keys is None else [check_choice("history key", k, avail) for k in keys]
-    if not keys: raise ValueError("history has no numeric values besides 'iter'; nothing to plot.")
+    if not keys:
+        raise ValueError("history has no numeric values besides 'iter'; nothing to plot.")
     refs = _refs(refs, keys)
     it = np.array([h["iter"] for h in history], dtype=float)
     fig, axs = panel(len(keys), ncols=min(ncols, len(keys)), size=2.4)
@@ -280,34 +459,53 @@ def training_curves(history: list[dict], keys: Sequence[str] | None = None, path
         for ax, k in zip(axs, keys):
             y = np.array([h.get(k, np.nan) for h in history], dtype=float)
             ax.plot(it, y, color=PALETTE[0], lw=1, alpha=0.35 if smooth else 1)
-            if smooth: ax.plot(it, _ema(y, smooth), color=PALETTE[0], lw=1.5)
+            if smooth:
+                ax.plot(it, _ema(y, smooth), color=PALETTE[0], lw=1.5)
             if k in refs:
                 ax.axhline(refs[k][0], color="k", ls="--", lw=0.9, label=refs[k][1])
                 ax.legend(loc="best", fontsize=7, frameon=True, framealpha=0.8)
-            ax.set_title(k); ax.set_xlabel("iteration")
-        if title: fig.suptitle(title)
+            ax.set_title(k)
+            ax.set_xlabel("iteration")
+        if title:
+            fig.suptitle(title)
     return _finish(fig, path, close)
 
 # %% ../nbs/05_plots.ipynb #d7358a55
-def ood_histograms(scores: dict, path=None, xlabel: str = "energy", title: str | None = None, bins: int = 50,
-                   close: bool = True):
+def ood_histograms(
+    scores: dict, path=None, xlabel: str = "energy", title: str | None = None, bins: int = 50, close: bool = True
+):
     "Overlaid density histograms of `scores` {name: (N,) scores}, the first being in-distribution; returns the figure."
-    if not isinstance(scores, dict) or not scores: raise ValueError("scores must be a non-empty dict {name: 1-D scores}, the in-distribution set first.")
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError("scores must be a non-empty dict {name: 1-D scores}, the in-distribution set first.")
     clean = {}
     for name, s in scores.items():
         a = _np(s, f"scores[{name!r}]")
-        if a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape): raise ValueError(f"scores[{name!r}] must be one score per sample, shape (N,), got shape {a.shape}.")
+        if a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
+            raise ValueError(f"scores[{name!r}] must be one score per sample, shape (N,), got shape {a.shape}.")
         a = a.reshape(-1)
         bad = ~np.isfinite(a)
-        if bad.all(): raise ValueError(f"scores[{name!r}] has no finite value ({a.size} given); nothing to plot.")
-        if bad.any(): warnings.warn(f"scores[{name!r}]: dropped {bad.sum()} non-finite of {a.size} values.")
+        if bad.all():
+            raise ValueError(f"scores[{name!r}] has no finite value ({a.size} given); nothing to plot.")
+        if bad.any():
+            warnings.warn(f"scores[{name!r}]: dropped {bad.sum()} non-finite of {a.size} values.")
         clean[name] = a[~bad]
     edges = np.histogram_bin_edges(np.concatenate(list(clean.values())), bins=check_int("bins", bins))
     with style():
         fig, ax = plt.subplots(figsize=(4.8, 3.0), layout="constrained")
         for i, (name, a) in enumerate(clean.items()):
-            sns.histplot(a, bins=edges, stat="density", element="step", fill=True, alpha=0.25 if i else 0.4,
-                         color=PALETTE[i % len(PALETTE)], label=f"{name} (in-dist.)" if i == 0 else name, ax=ax)
-        ax.set_xlabel(xlabel); ax.legend(loc="best", frameon=True, framealpha=0.8)  # a frame keeps the legend readable over bars
-        if title: ax.set_title(title)
+            sns.histplot(
+                a,
+                bins=edges,
+                stat="density",
+                element="step",
+                fill=True,
+                alpha=0.25 if i else 0.4,
+                color=PALETTE[i % len(PALETTE)],
+                label=f"{name} (in-dist.)" if i == 0 else name,
+                ax=ax,
+            )
+        ax.set_xlabel(xlabel)
+        ax.legend(loc="best", frameon=True, framealpha=0.8)  # a frame keeps the legend readable over bars
+        if title:
+            ax.set_title(title)
     return _finish(fig, path, close)

@@ -16,54 +16,78 @@ __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds',
 # %% ../nbs/15_report.ipynb #1431d4b3
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
 
+
 def default_figures_dir() -> Path:
     "The repository's `figures/` folder."
     return repo_root() / "figures"
 
+
 def load_tables(figures_dir=None) -> list[dict]:
     "Every committed table `figures/<paper>/<stem>.json` as `{paper, stem, path, meta, rows}`, sorted; `_*` folders skipped."
     figures_dir = Path(figures_dir or default_figures_dir())
-    if not figures_dir.is_dir(): raise ValueError(f"The figures folder {figures_dir} does not exist.")
+    if not figures_dir.is_dir():
+        raise ValueError(f"The figures folder {figures_dir} does not exist.")
     tables = []
     for path in sorted(figures_dir.glob("*/*.json")):
-        if path.parent.name.startswith(("_", ".")): continue
-        try: data = json.loads(path.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{path} is not valid JSON ({e}).") from None
+        if path.parent.name.startswith(("_", ".")):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}).") from None
         if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise ValueError(f"{path} is not a result table: it needs a 'rows' list (and a 'meta' dict).")
-        tables.append({"paper": path.parent.name, "stem": path.stem, "path": path,
-                       "meta": data.get("meta") or {}, "rows": data["rows"]})
+        tables.append(
+            {
+                "paper": path.parent.name,
+                "stem": path.stem,
+                "path": path,
+                "meta": data.get("meta") or {},
+                "rows": data["rows"],
+            }
+        )
     return tables
 
 # %% ../nbs/15_report.ipynb #d39f7000
 def format_seconds(s) -> str:
     "A wall time for people: `125 s`, `26 min`, `2.1 h`; `?` when unknown."
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or s != s: return "?"
-    if s < 600: return f"{s:.0f} s"
-    if s < 7200: return f"{s / 60:.0f} min"
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or s != s:
+        return "?"
+    if s < 600:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
 
 def format_cell(v) -> str:
     "A table cell: floats to 4 significant digits, blanks for None/NaN, `|` escaped, one line."
-    if v is None or (isinstance(v, float) and math.isnan(v)): return ""
-    if isinstance(v, bool): return str(v)
-    if isinstance(v, float): return f"{v:.4g}"
-    if isinstance(v, (list, dict)): v = json.dumps(v)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        v = json.dumps(v)
     return str(v).replace("|", "\\|").replace("\n", " ")
+
 
 def order_columns(columns: list[str]) -> list[str]:
     "`columns` with every `paper_*` column moved right after the column of ours it reports (see above)."
     ours = [c for c in columns if not c.startswith("paper_")]
     after = {}
     for p in (c for c in columns if c.startswith("paper_")):
-        name = p[len("paper_"):]
+        name = p[len("paper_") :]
         words = set(name.split("_"))
         best = max(ours, key=lambda c: (c == name, len(words & set(c.split("_")))), default=None)
-        if best is not None and (best == name or words & set(best.split("_"))): after.setdefault(best, []).append(p)
+        if best is not None and (best == name or words & set(best.split("_"))):
+            after.setdefault(best, []).append(p)
     placed = {p for ps in after.values() for p in ps}
     out = []
     for c in columns:
-        if c in placed: continue
+        if c in placed:
+            continue
         out += [c] + after.get(c, [])
     return out
 
@@ -72,25 +96,44 @@ def rows_markdown(rows: list[dict]) -> str:
     "The rows as a markdown table: `paper_*` columns beside ours, rounded, all-empty columns dropped."
     cols = order_columns(list(dict.fromkeys(k for r in rows for k in r)))
     cols = [c for c in cols if any(format_cell(r.get(c)) for r in rows)]
-    if not cols: return "(empty table)"
+    if not cols:
+        return "(empty table)"
     out = ["| " + " | ".join(format_cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     return "\n".join(out + ["| " + " | ".join(format_cell(r.get(c)) for c in cols) + " |" for r in rows])
+
 
 def table_checks(meta: dict) -> list[dict]:
     "The claims of `meta['checks']` as `{claim, paper, ours, holds, note}` (an older `{claim: holds}` dict too); [] if none."
     checks = meta.get("checks")
-    if not checks: return []
+    if not checks:
+        return []
     if isinstance(checks, dict):
         checks = [{"claim": k, "paper": None, "ours": None, "holds": v, "note": ""} for k, v in checks.items()]
-    return [{"claim": c.get("claim", "?"), "paper": c.get("paper"), "ours": c.get("ours"),
-             "holds": bool(c.get("holds")), "note": c.get("note") or ""} for c in checks]
+    return [
+        {
+            "claim": c.get("claim", "?"),
+            "paper": c.get("paper"),
+            "ours": c.get("ours"),
+            "holds": bool(c.get("holds")),
+            "note": c.get("note") or "",
+        }
+        for c in checks
+    ]
+
 
 def checks_markdown(checks: list[dict]) -> str:
     "The claims as a table of verdicts (`yes` / `NO`), or a sentence saying there are none."
-    if not checks: return "No checks recorded."
+    if not checks:
+        return "No checks recorded."
     out = ["| holds | claim | paper | ours | note |", "|---|---|---|---|---|"]
-    return "\n".join(out + [f"| {'yes' if c['holds'] else 'NO'} | {format_cell(c['claim'])} | {format_cell(c['paper'])} | "
-                            f"{format_cell(c['ours'])} | {format_cell(c['note'])} |" for c in checks])
+    return "\n".join(
+        out
+        + [
+            f"| {'yes' if c['holds'] else 'NO'} | {format_cell(c['claim'])} | {format_cell(c['paper'])} | "
+            f"{format_cell(c['ours'])} | {format_cell(c['note'])} |"
+            for c in checks
+        ]
+    )
 
 # %% ../nbs/15_report.ipynb #a5889c50
 def _cells(path, kind: str) -> list[str]:
@@ -98,28 +141,37 @@ def _cells(path, kind: str) -> list[str]:
     src = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
     return [src(c) for c in nb["cells"] if c["cell_type"] == kind]
 
+
 def _pattern(node) -> str | None:
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div): node = node.right
-    if isinstance(node, ast.Constant) and isinstance(node.value, str): s = node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        node = node.right
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        s = node.value
     elif isinstance(node, ast.JoinedStr):
         s = "".join(v.value if isinstance(v, ast.Constant) else "*" for v in node.values)
-    else: return None
+    else:
+        return None
     s = Path(s).name
     return s[: -len(Path(s).suffix)] if Path(s).suffix in (".json", ".csv", ".md") else s
+
 
 def notebook_stems(path) -> list[str]:
     "Patterns (`fnmatch`) of the table stems notebook `path` writes with `write_results`; its own stem if none is literal."
     stems = []
     for src in _cells(path, "code"):
         src = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))
-        try: tree = ast.parse(src)
-        except SyntaxError: continue
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
         for n in ast.walk(tree):
             name = getattr(n.func, "id", getattr(n.func, "attr", None)) if isinstance(n, ast.Call) else None
             if name == "write_results" and n.args:
                 p = _pattern(n.args[0])
-                if p and p not in stems: stems.append(p)
+                if p and p not in stems:
+                    stems.append(p)
     return stems or [Path(path).stem]
+
 
 def notebook_purpose(path) -> str:
     "One line on what notebook `path` does: the `> ` blockquote of its first markdown cell, else its title."
@@ -129,17 +181,20 @@ def notebook_purpose(path) -> str:
     title = next((l.lstrip("#").strip() for l in lines if l.startswith("#")), "")
     return quote or title or "(no description)"
 
+
 def notebook_of(table: dict, notebooks: list) -> Path | None:
     "The notebook (among paths `notebooks`) that wrote `table`: by `meta['notebook']`, else by its stems; None if none."
     same = [Path(nb) for nb in notebooks if Path(nb).parent.name == table["paper"]]
     named = table["meta"].get("notebook")
-    if named: return next((nb for nb in same if str(named) in (f"{nb.parent.name}/{nb.name}", nb.name, nb.stem)), None)
+    if named:
+        return next((nb for nb in same if str(named) in (f"{nb.parent.name}/{nb.name}", nb.name, nb.stem)), None)
     return next((nb for nb in same if any(fnmatch.fnmatchcase(table["stem"], p) for p in notebook_stems(nb))), None)
 
 # %% ../nbs/15_report.ipynb #98adc390
 def _anchor(title: str) -> str:
     "GitHub's anchor of a markdown heading."
     return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
+
 
 def _figures(folder: Path, stems: list[str]) -> dict:
     "`{stem: [png names]}` with each PNG under the longest stem it starts with; unmatched ones under None."
@@ -149,24 +204,40 @@ def _figures(folder: Path, stems: list[str]) -> dict:
         out.setdefault(owner, []).append(png)
     return out
 
+
 def _verdicts(checks) -> str:
     return f"{sum(c['holds'] for c in checks)} of {len(checks)}" if checks else "none recorded"
+
 
 def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
     m, paper, stem = t["meta"], t["paper"], t["stem"]
     out = [f"### {paper}/{stem}", ""]
     if nb is not None:
-        out += [f"> {notebook_purpose(nb)}", "",
-                f"Notebook: [`{nb.parent.name}/{nb.name}`]({Path(os.path.relpath(nb, root)).as_posix()})", ""]
+        out += [
+            f"> {notebook_purpose(nb)}",
+            "",
+            f"Notebook: [`{nb.parent.name}/{nb.name}`]({Path(os.path.relpath(nb, root)).as_posix()})",
+            "",
+        ]
     run = [f"{k} {format_cell(m[k])}" for k in ("scale", "dataset", "device", "seed", "commit") if k in m]
     run.append(f"wall time {format_seconds(m.get('wall_time_s'))}")
-    if m.get("date"): run.append(f"run {str(m['date'])[:10]}")
+    if m.get("date"):
+        run.append(f"run {str(m['date'])[:10]}")
     out += ["Run: " + " · ".join(run) + ".", ""]
-    out += ["Files: " + ", ".join(f"[{stem}.{e}]({paper}/{stem}.{e})" for e in ("md", "csv", "json")
-                                  if (t["path"].with_suffix("." + e)).exists()) + ".", ""]
+    out += [
+        "Files: "
+        + ", ".join(
+            f"[{stem}.{e}]({paper}/{stem}.{e})"
+            for e in ("md", "csv", "json")
+            if (t["path"].with_suffix("." + e)).exists()
+        )
+        + ".",
+        "",
+    ]
     out += [f"![{p}]({paper}/{p})" for p in figs] + ([""] if figs else [])
     out += [rows_markdown(t["rows"]), "", "Claims of the paper:", "", checks_markdown(table_checks(m)), ""]
     return out
+
 
 def build_index(figures_dir=None, papers_dir=None) -> str:
     "The text of the results index `figures/README.md`, built from the committed tables (deterministic)."
@@ -174,26 +245,36 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
     tables = load_tables(root)
     papers_dir = Path(papers_dir) if papers_dir else root.parent / "nbs" / "papers"
     notebooks = sorted(papers_dir.glob("*/*.ipynb")) if papers_dir.is_dir() else []
-    folders = sorted({p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))},
-                     key=lambda p: (p == BENCHMARKS, p))
-    out = ["# Results index", "",
-           "Generated by `ebm-nb report` from the committed tables `figures/<paper>/*.json`; do not edit it by hand.",
-           "`ebm-nb report --check` fails when this file is stale. Smoke runs (`figures/_smoke/`) are not listed.",
-           "Columns prefixed `paper_` hold the paper's reported numbers, beside ours; each notebook spells out the",
-           "protocol differences (dataset, scale, metric, sample count), so read them before comparing.", ""]
-    if not tables: out += ["No result tables yet: run `ebm-nb --scale quick` (or `make reproduce`).", ""]
+    folders = sorted(
+        {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))},
+        key=lambda p: (p == BENCHMARKS, p),
+    )
+    out = [
+        "# Results index",
+        "",
+        "Generated by `ebm-nb report` from the committed tables `figures/<paper>/*.json`; do not edit it by hand.",
+        "`ebm-nb report --check` fails when this file is stale. Smoke runs (`figures/_smoke/`) are not listed.",
+        "Columns prefixed `paper_` hold the paper's reported numbers, beside ours; each notebook spells out the",
+        "protocol differences (dataset, scale, metric, sample count), so read them before comparing.",
+        "",
+    ]
+    if not tables:
+        out += ["No result tables yet: run `ebm-nb --scale quick` (or `make reproduce`).", ""]
     else:
         out += ["| table | scale | device | wall time | claims that hold |", "|---|---|---|---|---|"]
         for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"])):
             name, m = f"{t['paper']}/{t['stem']}", t["meta"]
-            out.append(f"| [{name}](#{_anchor(name)}) | {format_cell(m.get('scale', '?'))} | {format_cell(m.get('device', '?'))} | "
-                       f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |")
+            out.append(
+                f"| [{name}](#{_anchor(name)}) | {format_cell(m.get('scale', '?'))} | {format_cell(m.get('device', '?'))} | "
+                f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |"
+            )
         out.append("")
     for paper in folders:
         mine = [t for t in tables if t["paper"] == paper]
         figs = _figures(root / paper, [t["stem"] for t in mine])
         out += [f"## {'Benchmarks' if paper == BENCHMARKS else paper}", ""]
-        for t in mine: out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root)
+        for t in mine:
+            out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root)
         if figs.get(None):
             out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
     return "\n".join(out).rstrip() + "\n"
@@ -202,16 +283,21 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
 class StaleIndex(RuntimeError):
     "The committed results index differs from what `ebm-nb report` would write."
 
+
 def write_index(figures_dir=None, check: bool = False, papers_dir=None) -> Path:
     "Write `<figures_dir>/README.md` from the tables, or with `check` raise `StaleIndex` if it is not current."
     root = Path(figures_dir or default_figures_dir())
     text, path = build_index(root, papers_dir), root / "README.md"
     if check:
-        if not path.exists(): raise StaleIndex(f"{path} does not exist; run `ebm-nb report` to write it.")
-        if path.read_text() != text: raise StaleIndex(f"{path} is stale; run `ebm-nb report` to rebuild it and commit it.")
+        if not path.exists():
+            raise StaleIndex(f"{path} does not exist; run `ebm-nb report` to write it.")
+        if path.read_text() != text:
+            raise StaleIndex(f"{path} is stale; run `ebm-nb report` to rebuild it and commit it.")
         return path
-    if not path.exists() or path.read_text() != text: atomic_write_text(path, text)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
     return path
+
 
 def report_main(argv=None) -> int:
     "`ebm-nb report`: build (or `--check`) the results index; returns the exit status."
@@ -220,8 +306,13 @@ def report_main(argv=None) -> int:
     ap.add_argument("--papers-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help="exit 1 if figures/README.md is stale; write nothing")
     a = ap.parse_args(argv)
-    try: path = write_index(a.figures_dir, a.check, a.papers_dir)
-    except StaleIndex as e: print(f"error: {e}", file=sys.stderr); return 1
-    except ValueError as e: print(f"error: {e}", file=sys.stderr); return 2
+    try:
+        path = write_index(a.figures_dir, a.check, a.papers_dir)
+    except StaleIndex as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{path} is current." if a.check else f"wrote {path}")
     return 0

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import argparse, ast, os, re, sys, time
 from pathlib import Path
-from .core import DEVICES, SCALES, check_choice, check_int, markdown_table, quiet, repo_root
+from .core import DEVICES, SCALES, check_choice, check_int, quiet, repo_root
+from .results import markdown_table
 
 # %% auto #0
 __all__ = ['papers_dir', 'list_papers', 'find_notebooks', 'notebook_parameters', 'check_run_parameters', 'NotebookFailed',
@@ -17,35 +18,47 @@ def papers_dir() -> Path:
     "The folder holding one sub-folder of notebooks per paper."
     return repo_root() / "nbs" / "papers"
 
+
 def list_papers(root=None) -> list[str]:
     "Names of the papers that have notebooks."
     root = Path(root or papers_dir())
-    if not root.is_dir(): raise ValueError(f"The papers folder {root} does not exist.")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and any(p.glob("*.ipynb")))
+    if not root.is_dir():
+        raise ValueError(f"The papers folder {root} does not exist.")
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and any(p.glob("*.ipynb"))
+    )
+
 
 def find_notebooks(paper: str = "all", root=None) -> list[Path]:
     "Paper notebooks for `paper` (or every paper with `all`), sorted."
     root = Path(root or papers_dir())
     papers = list_papers(root)
-    if paper != "all": papers = [check_choice("paper", paper, papers + ["all"])]
+    if paper != "all":
+        papers = [check_choice("paper", paper, papers + ["all"])]
     return [nb for p in papers for nb in sorted((root / p).glob("*.ipynb")) if not nb.name.startswith(("_", "."))]
+
 
 def notebook_parameters(path) -> dict:
     "The parameters a notebook declares in its `parameters` cell, with their defaults (as source text)."
     import papermill as pm
+
     return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
 
 # %% ../nbs/07_run.ipynb #e1b0710b
 def check_run_parameters(parameters: dict) -> dict:
     "Check the parameters paper notebooks share (scale, device, seed, workers, out_dir) before any work; return them."
     p = dict(parameters)
-    if "scale" in p: check_choice("scale", p["scale"], SCALES)
+    if "scale" in p:
+        check_choice("scale", p["scale"], SCALES)
     d = p.get("device", "auto")
     if not (isinstance(d, str) and (d in DEVICES or re.fullmatch(r"cuda:\d+", d))):
         raise ValueError(f"Unknown device {d!r}; valid values are: {', '.join(DEVICES)}, cuda:N.")
-    if "seed" in p: check_int("seed", p["seed"], low=0)
-    if "workers" in p: check_int("workers", p["workers"], low=1)
-    if isinstance(p.get("out_dir"), os.PathLike): p["out_dir"] = os.fspath(p["out_dir"])
+    if "seed" in p:
+        check_int("seed", p["seed"], low=0)
+    if "workers" in p:
+        check_int("workers", p["workers"], low=1)
+    if isinstance(p.get("out_dir"), os.PathLike):
+        p["out_dir"] = os.fspath(p["out_dir"])
     if p.get("out_dir") is not None and not isinstance(p["out_dir"], str):
         raise ValueError(f"out_dir must be a folder path (a string) or None, got {p['out_dir']!r}.")
     return p
@@ -54,23 +67,33 @@ def check_run_parameters(parameters: dict) -> dict:
 class NotebookFailed(RuntimeError):
     "A paper notebook raised an error; the message names the notebook, the cell and the error."
 
+
 def _check_parameters(path, parameters):
     declared = notebook_parameters(path)
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        raise ValueError(f"{Path(path).name} has no parameter(s) {unknown}; it declares: {', '.join(declared) or 'none'}.")
+        raise ValueError(
+            f"{Path(path).name} has no parameter(s) {unknown}; it declares: {', '.join(declared) or 'none'}."
+        )
+
 
 def _code_cell_number(path, source) -> int | str:
     "1-based position among the source notebook's code cells of the cell with `source` (papermill adds one)."
     import nbformat
+
     code = [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
     return code.index(source) + 1 if source in code else "?"
 
-def run_notebook(path, scale: str = "quick", parameters: dict | None = None, runs_dir=None, kernel: str = "python3") -> dict:
+
+def run_notebook(
+    path, scale: str = "quick", parameters: dict | None = None, runs_dir=None, kernel: str = "python3"
+) -> dict:
     "Execute paper notebook `path` at `scale` with papermill; return a summary row."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
-    path = Path(path); check_choice("scale", scale, SCALES)
+
+    path = Path(path)
+    check_choice("scale", scale, SCALES)
     parameters = dict(parameters or {})
     if parameters.get("scale", scale) != scale:  # one scale: the one that runs is the one in the name and summary
         raise ValueError(f"scale {scale!r} and parameters scale {parameters['scale']!r} disagree; give the scale once.")
@@ -81,58 +104,95 @@ def run_notebook(path, scale: str = "quick", parameters: dict | None = None, run
     out = runs_dir / f"{path.stem}-{scale}.ipynb"
     t0 = time.time()
     try:
-        pm.execute_notebook(str(path), str(out), parameters=parameters, kernel_name=kernel,
-                            progress_bar=not quiet(), cwd=str(path.parent))
+        pm.execute_notebook(
+            str(path),
+            str(out),
+            parameters=parameters,
+            kernel_name=kernel,
+            progress_bar=not quiet(),
+            cwd=str(path.parent),
+        )
     except PapermillExecutionError as e:
-        raise NotebookFailed(f"{path.name} failed in code cell {_code_cell_number(path, e.source)} "
-                             f"(`{e.source.strip().splitlines()[0][:60]}`) with {e.ename}: {e.evalue}; "
-                             f"the executed copy with the traceback is {out}.") from None
-    return {"notebook": f"{path.parent.name}/{path.name}", "scale": scale, "status": "ok",
-            "seconds": round(time.time() - t0, 1), "executed": str(out)}
+        raise NotebookFailed(
+            f"{path.name} failed in code cell {_code_cell_number(path, e.source)} "
+            f"(`{e.source.strip().splitlines()[0][:60]}`) with {e.ename}: {e.evalue}; "
+            f"the executed copy with the traceback is {out}."
+        ) from None
+    return {
+        "notebook": f"{path.parent.name}/{path.name}",
+        "scale": scale,
+        "status": "ok",
+        "seconds": round(time.time() - t0, 1),
+        "executed": str(out),
+    }
 
 # %% ../nbs/07_run.ipynb #c7065fd6
 def last_wall_times(nb, tables: list[dict], notebooks=None) -> dict:
     "`{scale: wall_time_s}` of the most recent committed table notebook `nb` wrote at each scale (SCALES order)."
     from ebm_nb.report import notebook_of
-    nb = Path(nb); notebooks = notebooks or [nb]
+
+    nb = Path(nb)
+    notebooks = notebooks or [nb]
     last = {}
     for t in tables:
-        if notebook_of(t, notebooks) != nb: continue
-        m = t["meta"]; key = (str(m.get("date", "")), m.get("wall_time_s") or 0)
-        if m.get("scale") is None: continue
-        if m["scale"] not in last or key >= last[m["scale"]][0]: last[m["scale"]] = (key, m.get("wall_time_s"))
+        if notebook_of(t, notebooks) != nb:
+            continue
+        m = t["meta"]
+        key = (str(m.get("date", "")), m.get("wall_time_s") or 0)
+        if m.get("scale") is None:
+            continue
+        if m["scale"] not in last or key >= last[m["scale"]][0]:
+            last[m["scale"]] = (key, m.get("wall_time_s"))
     order = list(SCALES) + sorted(set(last) - set(SCALES), key=str)
     return {s: last[s][1] for s in order if s in last}
+
 
 def list_notebooks(nbs: list, figures_dir=None, notebooks=None) -> str:
     "The text of `ebm-nb --list`: per notebook its purpose, last wall time per scale and parameters; benchmarks apart."
     from ebm_nb.report import BENCHMARKS, format_seconds, load_tables, notebook_purpose
+
     figures_dir = Path(figures_dir or repo_root() / "figures")
     tables = load_tables(figures_dir) if figures_dir.is_dir() else []
+
     def block(nb):
         times = ", ".join(f"{s} {format_seconds(w)}" for s, w in last_wall_times(nb, tables, notebooks or nbs).items())
         params = ", ".join(f"{k}={v}" for k, v in notebook_parameters(nb).items()) or "none"
-        return [f"{nb.parent.name}/{nb.name}: {notebook_purpose(nb)}",
-                f"    last run: {times or 'no committed run'}",
-                f"    parameters: {params}"]
+        return [
+            f"{nb.parent.name}/{nb.name}: {notebook_purpose(nb)}",
+            f"    last run: {times or 'no committed run'}",
+            f"    parameters: {params}",
+        ]
+
     papers = [nb for nb in nbs if nb.parent.name != BENCHMARKS]
     bench = [nb for nb in nbs if nb.parent.name == BENCHMARKS]
     out = []
-    if papers: out += ["Paper notebooks (nbs/papers/<paper>/; last run: wall time of the last committed table per scale)", ""]
-    for nb in papers: out += block(nb)
+    if papers:
+        out += ["Paper notebooks (nbs/papers/<paper>/; last run: wall time of the last committed table per scale)", ""]
+    for nb in papers:
+        out += block(nb)
     if bench:
-        out += ([""] if papers else []) + ["Benchmarks (nbs/papers/benchmarks/: speed of our fast path, no paper's table)", ""]
-    for nb in bench: out += block(nb)
+        out += ([""] if papers else []) + [
+            "Benchmarks (nbs/papers/benchmarks/: speed of our fast path, no paper's table)",
+            "",
+        ]
+    for nb in bench:
+        out += block(nb)
     return "\n".join(out)
 
 # %% ../nbs/07_run.ipynb #908af1a0
 def _literal(s: str):
-    try: return ast.literal_eval(s)
-    except (ValueError, SyntaxError): return s
+    try:
+        return ast.literal_eval(s)
+    except (ValueError, SyntaxError):
+        return s
+
 
 def _parse(argv):
-    ap = argparse.ArgumentParser(prog="ebm-nb", description="Run ebm_nb paper notebooks with papermill.", epilog=
-                                 "ebm-nb report [--check] [--figures-dir DIR] builds figures/README.md, the results index.")
+    ap = argparse.ArgumentParser(
+        prog="ebm-nb",
+        description="Run ebm_nb paper notebooks with papermill.",
+        epilog="ebm-nb report [--check] [--figures-dir DIR] builds figures/README.md, the results index.",
+    )
     ap.add_argument("--paper", default="all", help="paper folder under nbs/papers, or 'all'")
     ap.add_argument("--scale", default=None, help=f"one of {', '.join(SCALES)} (default quick)")
     ap.add_argument("--notebook", default=None, help="run only notebooks whose name (without .ipynb) contains this")
@@ -143,11 +203,13 @@ def _parse(argv):
     ap.add_argument("--runs-dir", default=None, help="where executed notebooks go (default nbs/_runs)")
     return ap.parse_args(argv)
 
+
 def _run_parameters(a) -> tuple[dict, str]:
     "The `-p` parameters (checked) and the one scale, from `--scale` and/or `-p scale`."
     params = {}
     for k, v in a.param:
-        if k in params: raise ValueError(f"-p {k} is given twice ({params[k]!r} and {_literal(v)!r}); give it once.")
+        if k in params:
+            raise ValueError(f"-p {k} is given twice ({params[k]!r} and {_literal(v)!r}); give it once.")
         params[k] = _literal(v)
     if "scale" in params and a.scale is not None and params["scale"] != a.scale:
         raise ValueError(f"--scale {a.scale!r} and -p scale {params['scale']!r} disagree; give the scale once.")
@@ -155,26 +217,33 @@ def _run_parameters(a) -> tuple[dict, str]:
     check_run_parameters({**params, "scale": scale})
     return params, scale
 
+
 def _select(a) -> list[Path]:
     "The notebooks `--paper` and `--notebook` pick, or a `ValueError` naming the value and what exists."
     nbs = find_notebooks(a.paper, a.papers_dir)
-    if not nbs: raise ValueError(f"There are no paper notebooks under {a.papers_dir or papers_dir()}.")
+    if not nbs:
+        raise ValueError(f"There are no paper notebooks under {a.papers_dir or papers_dir()}.")
     if a.notebook:
         key = a.notebook.removesuffix(".ipynb")  # the stem: 'b' must not match every '.ipynb'
         chosen = [nb for nb in nbs if key in nb.stem]
         if not chosen:
             names = ", ".join(f"{nb.parent.name}/{nb.name}" for nb in nbs)
-            where, these = ("no notebook", "the notebooks") if a.paper == "all" else \
-                           (f"no notebook of paper {a.paper!r}", "its notebooks")
+            where, these = (
+                ("no notebook", "the notebooks")
+                if a.paper == "all"
+                else (f"no notebook of paper {a.paper!r}", "its notebooks")
+            )
             raise ValueError(f"{where} has {a.notebook!r} in its name; {these} are: {names}.")
         nbs = chosen
     return nbs
+
 
 def main(argv=None) -> int:
     "Command-line entry point (`ebm-nb`, `ebm-nb report`); returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         from ebm_nb.report import report_main
+
         return report_main(argv[1:])
     a = _parse(argv)
     try:
@@ -183,13 +252,16 @@ def main(argv=None) -> int:
         if a.list:
             print(list_notebooks(nbs, a.figures_dir, find_notebooks("all", a.papers_dir)))
             return 0
-        for nb in nbs: _check_parameters(nb, {**params, "scale": scale})
+        for nb in nbs:
+            _check_parameters(nb, {**params, "scale": scale})
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr); return 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     rows = []
     for i, nb in enumerate(nbs, 1):
         print(f"[{i}/{len(nbs)}] {nb.parent.name}/{nb.name} at scale {scale}", flush=True)
-        try: rows.append(run_notebook(nb, scale, params, a.runs_dir))
+        try:
+            rows.append(run_notebook(nb, scale, params, a.runs_dir))
         except (NotebookFailed, ValueError) as e:
             print(f"  FAILED: {e}", file=sys.stderr, flush=True)
             rows.append({"notebook": f"{nb.parent.name}/{nb.name}", "scale": scale, "status": f"FAILED: {e}"})
@@ -197,4 +269,6 @@ def main(argv=None) -> int:
     print(f"\nFigures and tables: {repo_root() / 'figures'}")
     return 1 if any(r["status"] != "ok" for r in rows) else 0
 
-if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # `python -m ebm_nb.run`, not the notebook
+
+if __name__ == "__main__" and "__file__" in globals():
+    sys.exit(main())  # `python -m ebm_nb.run`, not the notebook

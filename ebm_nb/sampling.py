@@ -20,21 +20,28 @@ def _num(name: str, value, zero_ok: bool = False):
     "Validate a positive number; tensors (e.g. learnable step sizes) pass unchecked."
     return value if isinstance(value, torch.Tensor) else check_positive(name, value, zero_ok=zero_ok)
 
+
 def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     "Standard normal noise of `shape`, drawn with `generator` on its own device, returned on `like`'s device/dtype."
-    if generator is None: return torch.randn(shape, device=like.device, dtype=like.dtype)
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
+
 
 def _rand(shape, generator: torch.Generator | None, device="cpu") -> torch.Tensor:
     "Uniform [0,1) noise of `shape`, drawn with `generator` on its own device, returned on `device`."
-    if generator is None: return torch.rand(shape, device=device)
+    if generator is None:
+        return torch.rand(shape, device=device)
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 # %% ../nbs/03_sampling.ipynb #2ebb9491
 def _check_energy(e: torch.Tensor, x: torch.Tensor):
     if e.shape != (x.shape[0],):
-        raise ValueError(f"energy_fn must return one energy per sample, shape ({x.shape[0]},), got {tuple(e.shape)}; "
-                         "squeeze the last dimension or sum over extra ones.")
+        raise ValueError(
+            f"energy_fn must return one energy per sample, shape ({x.shape[0]},), got {tuple(e.shape)}; "
+            "squeeze the last dimension or sum over extra ones."
+        )
+
 
 def _step(energy_fn, x, step_size, noise, generator=None, create_graph=False, clamp=None, grad_clip=None):
     "One Langevin step; returns (new x, E(old x) detached): the energy comes free with the gradient."
@@ -42,18 +49,32 @@ def _step(energy_fn, x, step_size, noise, generator=None, create_graph=False, cl
     with torch.enable_grad():
         e = energy_fn(x)
         _check_energy(e, x)
-        g, = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
-    if grad_clip is not None: g = g.clamp(-grad_clip, grad_clip)
+        (g,) = torch.autograd.grad(e.sum(), x, create_graph=create_graph)
+    if grad_clip is not None:
+        g = g.clamp(-grad_clip, grad_clip)
     x = x - step_size * g
-    if not (isinstance(noise, (int, float)) and noise == 0): x = x + noise * _randn(x.shape, generator, x)
-    if clamp is not None: x = x.clamp(*clamp)
+    if not (isinstance(noise, (int, float)) and noise == 0):
+        x = x + noise * _randn(x.shape, generator, x)
+    if clamp is not None:
+        x = x.clamp(*clamp)
     return (x if create_graph else x.detach()), e.detach()
 
-def langevin_step(energy_fn: Callable, x: torch.Tensor, step_size, noise, generator: torch.Generator | None = None,
-                  create_graph: bool = False, clamp: tuple | None = None, grad_clip: float | None = None) -> torch.Tensor:
+
+def langevin_step(
+    energy_fn: Callable,
+    x: torch.Tensor,
+    step_size,
+    noise,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+    clamp: tuple | None = None,
+    grad_clip: float | None = None,
+) -> torch.Tensor:
     "One step x - step_size * grad E(x) + noise * N(0, I); differentiable w.r.t. the energy's parameters with `create_graph`."
-    _num("step_size", step_size); _num("noise", noise, zero_ok=True)
-    if grad_clip is not None: _num("grad_clip", grad_clip)
+    _num("step_size", step_size)
+    _num("noise", noise, zero_ok=True)
+    if grad_clip is not None:
+        _num("grad_clip", grad_clip)
     return _step(energy_fn, x, step_size, noise, generator, create_graph, clamp, grad_clip)[0]
 
 # %% ../nbs/03_sampling.ipynb #6f47c559
@@ -62,41 +83,65 @@ def frozen(*modules: torch.nn.Module):
     "Inside the block the parameters of `modules` take no gradient (E_{stop-grad theta}); their flags are restored after."
     params = [p for m in modules for p in m.parameters()]
     flags = [p.requires_grad for p in params]
-    for p in params: p.requires_grad_(False)
-    try: yield
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
     finally:
-        for p, f in zip(params, flags): p.requires_grad_(f)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 # %% ../nbs/03_sampling.ipynb #220f46db
 def _pure_step(energy_fn: Callable, x: torch.Tensor, eps: torch.Tensor, step_size, noise, grad_clip=None, clamp=None):
     "A Langevin step as a pure function of its tensors (`torch.func`): (new x, E(x)); what `compile=True` compiles."
+
     def total(y):
         e = energy_fn(y)
         return e.sum(), e
+
     g, (_, e) = torch.func.grad_and_value(total, has_aux=True)(x)
-    if grad_clip is not None: g = g.clamp(-grad_clip, grad_clip)
+    if grad_clip is not None:
+        g = g.clamp(-grad_clip, grad_clip)
     x = x - step_size * g + noise * eps
     return (x if clamp is None else x.clamp(*clamp)), e
+
 
 @functools.cache
 def _compiled_step(mode: str = "reduce-overhead") -> Callable:
     "`_pure_step` compiled once per mode (recompiled by torch when the energy or the shapes change)."
     return torch.compile(_pure_step, mode=mode, fullgraph=True)
 
+
 def _check_chain_args(steps, step_size, noise, clamp, grad_clip, callback, every, last_graph):
-    check_int("steps", steps, 0); check_positive("step_size", step_size); check_int("every", every)
+    check_int("steps", steps, 0)
+    check_positive("step_size", step_size)
+    check_int("every", every)
     noise = math.sqrt(2 * step_size) if noise is None else check_positive("noise", noise, zero_ok=True)
-    if grad_clip is not None: check_positive("grad_clip", grad_clip)
+    if grad_clip is not None:
+        check_positive("grad_clip", grad_clip)
     if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
         raise ValueError(f"clamp must be a pair (lo, hi) with lo < hi, got {clamp!r}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(i, x, energy), got {callback!r}.")
-    if last_graph and steps == 0: raise ValueError("last_graph=True needs steps >= 1: there is no last step to keep.")
+    if last_graph and steps == 0:
+        raise ValueError("last_graph=True needs steps >= 1: there is no last step to keep.")
     return noise
 
-def langevin(energy_fn: Callable, x: torch.Tensor, steps: int, step_size: float, noise: float | None = None,
-             generator: torch.Generator | None = None, clamp: tuple | None = None, grad_clip: float | None = None,
-             callback: Callable | None = None, every: int = 1, last_graph: bool = False, compile: bool = False):
+
+def langevin(
+    energy_fn: Callable,
+    x: torch.Tensor,
+    steps: int,
+    step_size: float,
+    noise: float | None = None,
+    generator: torch.Generator | None = None,
+    clamp: tuple | None = None,
+    grad_clip: float | None = None,
+    callback: Callable | None = None,
+    every: int = 1,
+    last_graph: bool = False,
+    compile: bool = False,
+):
     "Run `steps` Langevin steps from `x`; return the end state (detached, or through its last step with `last_graph`)."
     noise = _check_chain_args(steps, step_size, noise, clamp, grad_clip, callback, every, last_graph)
     x, fast = x.detach(), compile and x.is_cuda
@@ -105,64 +150,96 @@ def langevin(energy_fn: Callable, x: torch.Tensor, steps: int, step_size: float,
         if fast and not graph:
             eps = _randn(x.shape, generator, x)
             torch.compiler.cudagraph_mark_step_begin()
-            with torch.no_grad(): x_new, e = (t.clone() for t in _compiled_step()(energy_fn, x, eps, step_size, noise, grad_clip, clamp))
-        else: x_new, e = _step(energy_fn, x, step_size, noise, generator, graph, clamp, grad_clip)
-        if callback is not None and i % every == 0: callback(i, x, e)
+            with torch.no_grad():
+                x_new, e = (t.clone() for t in _compiled_step()(energy_fn, x, eps, step_size, noise, grad_clip, clamp))
+        else:
+            x_new, e = _step(energy_fn, x, step_size, noise, generator, graph, clamp, grad_clip)
+        if callback is not None and i % every == 0:
+            callback(i, x, e)
         x = x_new
     if callback is not None:
-        with torch.no_grad(): callback(steps, x.detach(), energy_fn(x.detach()).detach())
+        with torch.no_grad():
+            callback(steps, x.detach(), energy_fn(x.detach()).detach())
     return x
 
 # %% ../nbs/03_sampling.ipynb #9ff8c01a
 class ChainRecorder:
     "A `langevin` callback that keeps the states (of the first `keep` chains) and their energies on the chain's device."
+
     def __init__(self, keep: int | None = None):
         self.keep = None if keep is None else check_int("keep", keep)
         self.steps, self._x, self._e = [], [], []
 
     def __call__(self, i: int, x: torch.Tensor, energy: torch.Tensor):
         k = slice(None) if self.keep is None else slice(self.keep)
-        self.steps.append(i); self._x.append(x[k].detach().clone()); self._e.append(energy[k].detach().clone())
+        self.steps.append(i)
+        self._x.append(x[k].detach().clone())
+        self._e.append(energy[k].detach().clone())
 
     @property
-    def states(self) -> torch.Tensor: return torch.stack(self._x)      # (K, N, ...)
+    def states(self) -> torch.Tensor:
+        return torch.stack(self._x)  # (K, N, ...)
+
     @property
-    def energies(self) -> torch.Tensor: return torch.stack(self._e)    # (K, N)
+    def energies(self) -> torch.Tensor:
+        return torch.stack(self._e)  # (K, N)
 
 # %% ../nbs/03_sampling.ipynb #e3769b03
 class ReplayBuffer:
     "A fixed-size sample store: `sample` (with re-initialisation) and `update` for persistent chains; `push` for a ring of recent samples."
+
     def __init__(self, capacity: int, init_fn: Callable, reinit_prob: float = 0.05, device="cpu"):
         self.capacity = check_int("capacity", capacity, 1)
-        if not 0 <= reinit_prob <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {reinit_prob!r}.")
+        if not 0 <= reinit_prob <= 1:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {reinit_prob!r}.")
         self.init_fn, self.reinit_prob, self.device = init_fn, reinit_prob, torch.device(device)
         self.data, self.filled, self.ptr = None, torch.zeros(capacity, dtype=torch.bool, device=self.device), 0
 
-    def __len__(self) -> int: return int(self.filled.sum())
+    def __len__(self) -> int:
+        return int(self.filled.sum())
 
     def _write(self, idx: torch.Tensor, x: torch.Tensor):
         x, idx = x.detach().to(self.device), idx.to(self.device)
-        if self.data is None: self.data = torch.zeros((self.capacity, *x.shape[1:]), dtype=x.dtype, device=self.device)
+        if self.data is None:
+            self.data = torch.zeros((self.capacity, *x.shape[1:]), dtype=x.dtype, device=self.device)
         if x.shape[1:] != self.data.shape[1:]:
-            raise ValueError(f"Samples of shape {tuple(x.shape[1:])} do not fit a buffer of shape {tuple(self.data.shape[1:])}.")
-        self.data[idx] = x.to(self.data.dtype); self.filled[idx] = True
+            raise ValueError(
+                f"Samples of shape {tuple(x.shape[1:])} do not fit a buffer of shape {tuple(self.data.shape[1:])}."
+            )
+        self.data[idx] = x.to(self.data.dtype)
+        self.filled[idx] = True
 
-    def sample(self, n: int, generator: torch.Generator | None = None, filled_only: bool = False,
-               reinit_prob: float | None = None, return_fresh: bool = False):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        filled_only: bool = False,
+        reinit_prob: float | None = None,
+        return_fresh: bool = False,
+    ):
         "Draw `n` distinct slots; return (samples, slots[, fresh mask]). Empty or re-initialised slots get `init_fn` samples."
         check_int("n", n, 1)
         p = self.reinit_prob if reinit_prob is None else reinit_prob
-        if not 0 <= p <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {p!r}.")
-        pool = self.filled.nonzero().squeeze(1) if filled_only else None   # nonzero syncs: only with filled_only
+        if not 0 <= p <= 1:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {p!r}.")
+        pool = self.filled.nonzero().squeeze(1) if filled_only else None  # nonzero syncs: only with filled_only
         size = len(pool) if filled_only else self.capacity
         if n > size:
             what = f"{size} filled slots" if filled_only else f"capacity {self.capacity}"
-            raise ValueError(f"Cannot sample n={n} distinct slots from a buffer with {what}; ask for fewer or enlarge the buffer.")
-        perm = torch.randperm(size, generator=generator, device=generator.device if generator else "cpu")[:n].to(self.device)
+            raise ValueError(
+                f"Cannot sample n={n} distinct slots from a buffer with {what}; ask for fewer or enlarge the buffer."
+            )
+        perm = torch.randperm(size, generator=generator, device=generator.device if generator else "cpu")[:n].to(
+            self.device
+        )
         idx = pool[perm] if filled_only else perm
         fresh = (_rand(n, generator, self.device) < p) | ~self.filled[idx]
-        new = self.init_fn(n, generator).to(self.device)          # drawn for all n: a mask instead of a host sync
-        x = new if self.data is None else torch.where(fresh.view(-1, *[1] * (new.dim() - 1)), new.to(self.data.dtype), self.data[idx])
+        new = self.init_fn(n, generator).to(self.device)  # drawn for all n: a mask instead of a host sync
+        x = (
+            new
+            if self.data is None
+            else torch.where(fresh.view(-1, *[1] * (new.dim() - 1)), new.to(self.data.dtype), self.data[idx])
+        )
         return (x, idx, fresh) if return_fresh else (x, idx)
 
     def update(self, idx: torch.Tensor, x: torch.Tensor):
@@ -171,9 +248,11 @@ class ReplayBuffer:
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
         "Append `x` to the ring (overwriting the oldest samples); return the slots written."
-        n = len(x); x = x[-self.capacity:]
+        n = len(x)
+        x = x[-self.capacity :]
         idx = (self.ptr + n - len(x) + torch.arange(len(x), device=self.device)) % self.capacity
-        self._write(idx, x); self.ptr = (self.ptr + n) % self.capacity
+        self._write(idx, x)
+        self.ptr = (self.ptr + n) % self.capacity
         return idx
 
     def state_dict(self) -> dict:
@@ -183,57 +262,78 @@ class ReplayBuffer:
     def load_state_dict(self, sd: dict):
         "Restore from `state_dict()` (a copy: the two buffers share no storage)."
         if sd["capacity"] != self.capacity:
-            raise ValueError(f"A buffer of capacity {sd['capacity']} cannot be loaded into one of capacity {self.capacity}; build it with capacity={sd['capacity']}.")
+            raise ValueError(
+                f"A buffer of capacity {sd['capacity']} cannot be loaded into one of capacity {self.capacity}; build it with capacity={sd['capacity']}."
+            )
         self.data = None if sd["data"] is None else sd["data"].to(self.device, copy=True)
         self.filled, self.ptr = sd["filled"].to(self.device, copy=True), int(sd["ptr"])
 
 # %% ../nbs/03_sampling.ipynb #71a472b5
-def from_noise(n: int, shape: tuple, low: float = 0.0, high: float = 1.0, generator: torch.Generator | None = None,
-               device="cpu") -> torch.Tensor:
+def from_noise(
+    n: int, shape: tuple, low: float = 0.0, high: float = 1.0, generator: torch.Generator | None = None, device="cpu"
+) -> torch.Tensor:
     "`n` samples uniform on [low, high] of `shape` (per sample), drawn with `generator`, on `device`."
     check_int("n", n)
-    if not low < high: raise ValueError(f"from_noise needs low < high, got low={low!r}, high={high!r}.")
+    if not low < high:
+        raise ValueError(f"from_noise needs low < high, got low={low!r}, high={high!r}.")
     return low + (high - low) * _rand((n, *shape), generator, device)
+
 
 def from_data(batch: torch.Tensor) -> torch.Tensor:
     "CD-k's start: a detached copy of the data batch."
     return batch.detach().clone()
 
-def from_buffer(buffer: ReplayBuffer, n: int, generator: torch.Generator | None = None, reinit_prob: float | None = None,
-                augment: Callable | None = None):
+
+def from_buffer(
+    buffer: ReplayBuffer,
+    n: int,
+    generator: torch.Generator | None = None,
+    reinit_prob: float | None = None,
+    augment: Callable | None = None,
+):
     "(x, slots) from `buffer`; `augment(x, generator)` transforms the restarted (non-fresh) samples. Write back with `update`."
     x, idx, fresh = buffer.sample(n, generator, reinit_prob=reinit_prob, return_fresh=True)
     if augment is not None:
         x = torch.where(fresh.view(-1, *[1] * (x.dim() - 1)), x, augment(x, generator).to(x.dtype))
     return x, idx
 
+
 def from_generator(g: Callable, z: torch.Tensor) -> torch.Tensor:
     "The generator's samples g(z), without a graph (the chain revises them)."
-    with torch.no_grad(): return g(z)
+    with torch.no_grad():
+        return g(z)
+
 
 def from_encoder(q: Callable, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     "z = mu(x) + exp(logvar(x) / 2) * eps from a Gaussian encoder `q(x) -> (mu, logvar)` (reparameterised)."
     mu, logvar = q(x)
-    if mu.shape != logvar.shape: raise ValueError(f"The encoder must return mu and logvar of one shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}.")
+    if mu.shape != logvar.shape:
+        raise ValueError(
+            f"The encoder must return mu and logvar of one shape, got {tuple(mu.shape)} and {tuple(logvar.shape)}."
+        )
     return mu + (0.5 * logvar).exp() * _randn(mu.shape, generator, mu)
 
 # %% ../nbs/03_sampling.ipynb #4a97ee4e
 AUGMENTATIONS = ("flip", "crop", "color", "gray")
 
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, ops=("flip", "crop", "color")) -> torch.Tensor:
     "Random flip / shift-crop / brightness-contrast (/ greyscale) per image of `x` (N, C, H, W) in [0,1]."
-    if x.dim() != 4: raise ValueError(f"augment expects images (N, C, H, W), got shape {tuple(x.shape)}.")
-    for op in ops: check_choice("augmentation", op, AUGMENTATIONS)
+    if x.dim() != 4:
+        raise ValueError(f"augment expects images (N, C, H, W), got shape {tuple(x.shape)}.")
+    for op in ops:
+        check_choice("augmentation", op, AUGMENTATIONS)
     x = x.detach()
-    n, c, h, w = x.shape; dev = x.device
+    n, c, h, w = x.shape
+    dev = x.device
     if "flip" in ops:
         x = torch.where((_rand(n, generator, dev) < 0.5).view(n, 1, 1, 1), x.flip(-1), x)
     if "crop" in ops:
         p = 2
         xp = F.pad(x, (p, p, p, p), mode="reflect")
-        dy, dx = ((_rand((2, n), generator, dev) * (2 * p + 1)).long().clamp(max=2 * p))
-        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]          # (n, h, 1)
-        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]          # (n, 1, w)
+        dy, dx = (_rand((2, n), generator, dev) * (2 * p + 1)).long().clamp(max=2 * p)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
         x = xp[torch.arange(n, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
     if "color" in ops:
         b, k = _rand((2, n, 1, 1, 1), generator, dev)
@@ -253,17 +353,33 @@ def nn_entropy(x: torch.Tensor, bank: torch.Tensor, eps: float = 1e-8) -> torch.
 # %% ../nbs/03_sampling.ipynb #0c18dd29
 BUFFER_POLICIES = ("fifo", "reservoir")
 
+
 class ChainBuffer:
     "Improved CD's sample store: draws with replacement, appends new samples (FIFO or reservoir), optional uint8 storage."
-    def __init__(self, capacity: int, init_fn: Callable, reinit_prob: float = 0.001, policy: str = "reservoir",
-                 uint8: bool = False, device="cpu"):
+
+    def __init__(
+        self,
+        capacity: int,
+        init_fn: Callable,
+        reinit_prob: float = 0.001,
+        policy: str = "reservoir",
+        uint8: bool = False,
+        device="cpu",
+    ):
         self.capacity = check_int("capacity", capacity, 1)
-        if not 0 <= reinit_prob <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {reinit_prob!r}.")
+        if not 0 <= reinit_prob <= 1:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {reinit_prob!r}.")
         self.policy = check_choice("buffer policy", policy, BUFFER_POLICIES)
-        self.init_fn, self.reinit_prob, self.uint8, self.device = init_fn, reinit_prob, bool(uint8), torch.device(device)
+        self.init_fn, self.reinit_prob, self.uint8, self.device = (
+            init_fn,
+            reinit_prob,
+            bool(uint8),
+            torch.device(device),
+        )
         self.data, self.size, self.seen, self.ptr = None, 0, 0, 0
 
-    def __len__(self) -> int: return self.size
+    def __len__(self) -> int:
+        return self.size
 
     def _store(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to(self.device)
@@ -274,15 +390,19 @@ class ChainBuffer:
 
     def add(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
         "Append `x` (N, ...): FIFO overwrites the oldest; reservoir, once full, keeps each new one with prob capacity/t."
-        x = self._store(x); n = len(x)
+        x = self._store(x)
+        n = len(x)
         if self.data is None:  # one spare row absorbs the reservoir's rejected writes (no boolean indexing, no sync)
             self.data = torch.zeros((self.capacity + 1, *x.shape[1:]), dtype=x.dtype, device=self.device)
         if x.shape[1:] != self.data.shape[1:]:
-            raise ValueError(f"Samples of shape {tuple(x.shape[1:])} do not fit a buffer of shape {tuple(self.data.shape[1:])}.")
+            raise ValueError(
+                f"Samples of shape {tuple(x.shape[1:])} do not fit a buffer of shape {tuple(self.data.shape[1:])}."
+            )
         room = min(n, self.capacity - self.size) if self.policy == "reservoir" else n
         if room:  # plain appends (FIFO always; reservoir while filling)
             idx = (self.ptr + torch.arange(room, device=self.device)) % self.capacity
-            self.data[idx] = x[:room]; self.ptr = (self.ptr + room) % self.capacity
+            self.data[idx] = x[:room]
+            self.ptr = (self.ptr + room) % self.capacity
         if room < n:  # reservoir insertions of the rest
             t = self.seen + room + 1 + torch.arange(n - room, device=self.device)
             keep = _rand(n - room, generator, self.device) * t < self.capacity
@@ -293,16 +413,23 @@ class ChainBuffer:
     def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         "`n` stored samples drawn uniformly with replacement (dequantised when uint8)."
         check_int("n", n, 1)
-        if self.size == 0: raise ValueError("Cannot draw from an empty ChainBuffer; add samples first.")
+        if self.size == 0:
+            raise ValueError("Cannot draw from an empty ChainBuffer; add samples first.")
         idx = (_rand(n, generator, self.device) * self.size).long().clamp(max=self.size - 1)
         return self._read(self.data[idx], generator)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, reinit_prob: float | None = None,
-               return_fresh: bool = False):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        reinit_prob: float | None = None,
+        return_fresh: bool = False,
+    ):
         "(x, slots[, fresh]) as `ReplayBuffer.sample`: fresh chains (prob `reinit_prob`, all while size < n) are `init_fn` noise."
         check_int("n", n, 1)
         p = self.reinit_prob if reinit_prob is None else reinit_prob
-        if not 0 <= p <= 1: raise ValueError(f"reinit_prob must be in [0, 1], got {p!r}.")
+        if not 0 <= p <= 1:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {p!r}.")
         new = self.init_fn(n, generator).to(self.device)
         if self.size < n:
             fresh = torch.ones(n, dtype=torch.bool, device=self.device)
@@ -310,18 +437,29 @@ class ChainBuffer:
             return (new, idx, fresh) if return_fresh else (new, idx)
         idx = (_rand(n, generator, self.device) * self.size).long().clamp(max=self.size - 1)
         fresh = _rand(n, generator, self.device) < p
-        x = torch.where(fresh.view(-1, *[1] * (new.dim() - 1)), new, self._read(self.data[idx], generator).to(new.dtype))
+        x = torch.where(
+            fresh.view(-1, *[1] * (new.dim() - 1)), new, self._read(self.data[idx], generator).to(new.dtype)
+        )
         return (x, idx, fresh) if return_fresh else (x, idx)
 
     def state_dict(self) -> dict:
-        return {"capacity": self.capacity, "policy": self.policy, "uint8": self.uint8, "data": self.data,
-                "size": self.size, "seen": self.seen, "ptr": self.ptr}
+        return {
+            "capacity": self.capacity,
+            "policy": self.policy,
+            "uint8": self.uint8,
+            "data": self.data,
+            "size": self.size,
+            "seen": self.seen,
+            "ptr": self.ptr,
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         "Restore from `state_dict()` (a copy)."
         if (sd["capacity"], sd["policy"], sd["uint8"]) != (self.capacity, self.policy, self.uint8):
-            raise ValueError(f"A {sd['policy']} buffer of capacity {sd['capacity']} (uint8={sd['uint8']}) cannot be loaded into a "
-                             f"{self.policy} buffer of capacity {self.capacity} (uint8={self.uint8}); build it with the same settings.")
+            raise ValueError(
+                f"A {sd['policy']} buffer of capacity {sd['capacity']} (uint8={sd['uint8']}) cannot be loaded into a "
+                f"{self.policy} buffer of capacity {self.capacity} (uint8={self.uint8}); build it with the same settings."
+            )
         self.data = None if sd["data"] is None else sd["data"].to(self.device, copy=True)
         self.size, self.seen, self.ptr = int(sd["size"]), int(sd["seen"]), int(sd["ptr"])
 
@@ -331,15 +469,18 @@ def _rrc_grid(n, h, w, scale, ratio, generator, dev, flip=True):
     u = _rand((5, n), generator, dev)
     area = scale[0] + (scale[1] - scale[0]) * u[0]
     logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
-    r = torch.minimum(torch.maximum(logr.exp(), area), 1 / area)                      # clipped so the box fits
-    bw, bh = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)   # box size as a fraction of the side
-    cx, cy = (2 * u[2] - 1) * (1 - bw), (2 * u[3] - 1) * (1 - bh)                     # centre, box inside the image
-    sx = torch.where((u[4] < 0.5) & flip, -bw, bw)                                            # the horizontal flip, folded in
+    r = torch.minimum(torch.maximum(logr.exp(), area), 1 / area)  # clipped so the box fits
+    bw, bh = (area * r).sqrt().clamp(max=1.0), (area / r).sqrt().clamp(max=1.0)  # box size as a fraction of the side
+    cx, cy = (2 * u[2] - 1) * (1 - bw), (2 * u[3] - 1) * (1 - bh)  # centre, box inside the image
+    sx = torch.where((u[4] < 0.5) & flip, -bw, bw)  # the horizontal flip, folded in
     theta = torch.zeros(n, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, bh, cy
     return F.affine_grid(theta, (n, 1, h, w), align_corners=False)
 
-def _gray(x): return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True) if x.shape[1] == 3 else x
+
+def _gray(x):
+    return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True) if x.shape[1] == 3 else x
+
 
 def _hue(x, shift):
     "Rotate the chroma (I, Q) plane of YIQ by `shift` turns (N,) -- an approximation of an HSV hue shift."
@@ -350,43 +491,61 @@ def _hue(x, shift):
     yiq = torch.stack([yiq[:, 0], i * a.cos() - q * a.sin(), i * a.sin() + q * a.cos()], 1)
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(m), yiq)
 
+
 def _jitter(x, s, generator):
     "Colour jitter with per-image factors and a per-image random order of the four ops."
     n, dev = len(x), x.device
     b, c, sat = (1 + 0.8 * s * (2 * _rand((3, n), generator, dev) - 1)).clamp(min=0).view(3, n, 1, 1, 1)
     hue = 0.4 * s * (2 * _rand(n, generator, dev) - 1)
-    order = _rand((n, 4), generator, dev).argsort(1)                 # a random permutation per image
+    order = _rand((n, 4), generator, dev).argsort(1)  # a random permutation per image
     for k in range(4):
         op = order[:, k].view(n, 1, 1, 1)
         gray = _gray(x)
-        cand = [x * b, (x - gray.mean((1, 2, 3), keepdim=True)) * c + gray.mean((1, 2, 3), keepdim=True),
-                (x - gray) * sat + gray, _hue(x, hue) if x.shape[1] == 3 else x]
+        cand = [
+            x * b,
+            (x - gray.mean((1, 2, 3), keepdim=True)) * c + gray.mean((1, 2, 3), keepdim=True),
+            (x - gray) * sat + gray,
+            _hue(x, hue) if x.shape[1] == 3 else x,
+        ]
         x = sum(torch.where(op == j, cand[j], 0) for j in range(4)).clamp(0, 1)
     return x
+
 
 def _blur(x, kernel, generator):
     "Gaussian blur with sigma ~ U(0.1, 2) per image (depthwise, reflect padding)."
     n, ch, h, w = x.shape
     sigma = (0.1 + 1.9 * _rand(n, generator, x.device)).view(n, 1)
     t = torch.arange(kernel, device=x.device) - (kernel - 1) / 2
-    k1 = (-(t ** 2) / (2 * sigma ** 2)).exp(); k1 = k1 / k1.sum(1, keepdim=True)      # (n, k)
+    k1 = (-(t**2) / (2 * sigma**2)).exp()
+    k1 = k1 / k1.sum(1, keepdim=True)  # (n, k)
     xp = F.pad(x.reshape(1, n * ch, h, w), (kernel // 2,) * 4, mode="reflect")
     kx = k1.repeat_interleave(ch, 0)
     xp = F.conv2d(xp, kx.view(n * ch, 1, 1, kernel), groups=n * ch)
     return F.conv2d(xp, kx.view(n * ch, 1, kernel, 1), groups=n * ch).view(n, ch, h, w)
 
-def paper_augment(x: torch.Tensor, generator: torch.Generator | None = None, crop_scale: tuple = (0.08, 1.0),
-                  color: float = 1.0, p_color: float = 0.8, p_gray: float = 0.2, blur: int | None = None,
-                  flip: bool = True) -> torch.Tensor:
+
+def paper_augment(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    crop_scale: tuple = (0.08, 1.0),
+    color: float = 1.0,
+    p_color: float = 0.8,
+    p_gray: float = 0.2,
+    blur: int | None = None,
+    flip: bool = True,
+) -> torch.Tensor:
     "Improved CD's transition per image of `x` (N, C, H, W) in [0,1]: resized crop, flip, colour jitter, greyscale, blur."
-    if x.dim() != 4: raise ValueError(f"paper_augment expects images (N, C, H, W), got shape {tuple(x.shape)}.")
+    if x.dim() != 4:
+        raise ValueError(f"paper_augment expects images (N, C, H, W), got shape {tuple(x.shape)}.")
     if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {crop_scale!r}.")
     check_positive("color", color, zero_ok=True)
     if blur is not None and not (isinstance(blur, int) and blur >= 3 and blur % 2 == 1):
         raise ValueError(f"blur must be None or an odd kernel size >= 3, got {blur!r}.")
-    x = x.detach().float(); n, c, h, w = x.shape; dev = x.device
-    grid = _rrc_grid(n, h, w, crop_scale, (3 / 4, 4 / 3), generator, dev, flip)   # the flip is folded into the grid
+    x = x.detach().float()
+    n, c, h, w = x.shape
+    dev = x.device
+    grid = _rrc_grid(n, h, w, crop_scale, (3 / 4, 4 / 3), generator, dev, flip)  # the flip is folded into the grid
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if color > 0:
         on = (_rand(n, generator, dev) < p_color).view(n, 1, 1, 1)
@@ -402,10 +561,14 @@ def latent_energy(g: Callable, x: torch.Tensor, sigma: float) -> Callable:
     "U(z) = ||x - g(z)||^2 / (2 sigma^2) + ||z||^2 / 2 per sample: the negative log posterior of a Gaussian generator."
     check_positive("sigma", sigma)
     x = x.detach()
+
     def energy(z: torch.Tensor) -> torch.Tensor:
         gz = g(z)
         if gz.shape != x.shape:
-            raise ValueError(f"latent_energy: the generator gives shape {tuple(gz.shape)} for {len(z)} latents but x has shape "
-                             f"{tuple(x.shape)}; pass one latent per image.")
+            raise ValueError(
+                f"latent_energy: the generator gives shape {tuple(gz.shape)} for {len(z)} latents but x has shape "
+                f"{tuple(x.shape)}; pass one latent per image."
+            )
         return (x - gz).pow(2).flatten(1).sum(1) / (2 * sigma**2) + 0.5 * z.pow(2).flatten(1).sum(1)
+
     return energy

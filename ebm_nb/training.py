@@ -10,8 +10,9 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from .core import check_choice, check_int, load_checkpoint, progress, quiet, remove_stale_temps
-from .core import rng_state, save_checkpoint, set_rng_state
+from .core import check_choice, check_int, progress, quiet, remove_stale_temps
+from .checkpoints import load_checkpoint
+from .checkpoints import rng_state, save_checkpoint, set_rng_state
 from .data import batches
 from .sampling import langevin
 
@@ -24,47 +25,72 @@ __all__ = ['Method', 'check_method', 'method_device', 'GaussianEnergy', 'Gaussia
 @runtime_checkable
 class Method(Protocol):
     "What `train` needs from a training method (see the list above)."
+
     nets: dict[str, nn.Module]
+
     def step(self, batch: Tensor) -> dict[str, float | Tensor]: ...
     def sample(self, n: int) -> Tensor: ...
     def energy(self, x: Tensor) -> Tensor: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, sd: dict) -> None: ...
 
+
 def check_method(method) -> None:
     "Raise a `TypeError` naming what `method` lacks to follow the `Method` protocol."
-    missing = [m for m in ("step", "sample", "energy", "state_dict", "load_state_dict", "nets") if not hasattr(method, m)]
-    if missing: raise TypeError(f"{type(method).__name__} is not a training method: it lacks {', '.join(missing)}. A method needs "
-                                "step(batch)->dict, sample(n), energy(x), state_dict(), load_state_dict(sd) and nets: dict[str, nn.Module].")
+    missing = [
+        m for m in ("step", "sample", "energy", "state_dict", "load_state_dict", "nets") if not hasattr(method, m)
+    ]
+    if missing:
+        raise TypeError(
+            f"{type(method).__name__} is not a training method: it lacks {', '.join(missing)}. A method needs "
+            "step(batch)->dict, sample(n), energy(x), state_dict(), load_state_dict(sd) and nets: dict[str, nn.Module]."
+        )
     if not isinstance(method.nets, dict) or not all(isinstance(n, nn.Module) for n in method.nets.values()):
         raise TypeError(f"{type(method).__name__}.nets must be a dict of nn.Module, got {method.nets!r}.")
 
+
 def method_device(method) -> torch.device:
     "The device of `method`: its `device` attribute, else that of its first parameter, else the CPU."
-    if getattr(method, "device", None) is not None: return torch.device(method.device)
+    if getattr(method, "device", None) is not None:
+        return torch.device(method.device)
     for net in method.nets.values():
-        for p in net.parameters(): return p.device
+        for p in net.parameters():
+            return p.device
     return torch.device("cpu")
 
 # %% ../nbs/06_training.ipynb #e9752d01
 class GaussianEnergy(nn.Module):
     "E(x) = ½‖(x - μ)/σ‖² with learnable μ and log σ; lower energy near μ."
+
     def __init__(self, dim: int = 1):
         super().__init__()
         self.mu, self.log_sigma = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
-    def forward(self, x: Tensor) -> Tensor: return 0.5 * ((x - self.mu) / self.log_sigma.exp()).pow(2).sum(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * ((x - self.mu) / self.log_sigma.exp()).pow(2).sum(1)
+
 
 class GaussianCD:
     "Demo method: contrastive divergence on a `GaussianEnergy` with exact model samples (optionally Langevin-refined)."
-    def __init__(self, dim: int = 1, lr: float = 0.05, langevin_steps: int = 0, step_size: float = 0.01,
-                 seed: int = 0, nan_at: int | None = None, device="cpu"):
+
+    def __init__(
+        self,
+        dim: int = 1,
+        lr: float = 0.05,
+        langevin_steps: int = 0,
+        step_size: float = 0.01,
+        seed: int = 0,
+        nan_at: int | None = None,
+        device="cpu",
+    ):
         self.device = torch.device(device)
         self.nets = {"energy": GaussianEnergy(dim).to(self.device)}
         self.opt = torch.optim.Adam(self.nets["energy"].parameters(), lr)
         self.gen, self.steps = torch.Generator().manual_seed(seed), 0
         self.langevin_steps, self.step_size, self.nan_at = langevin_steps, step_size, nan_at
 
-    def energy(self, x: Tensor) -> Tensor: return self.nets["energy"](x)
+    def energy(self, x: Tensor) -> Tensor:
+        return self.nets["energy"](x)
 
     def sample(self, n: int) -> Tensor:
         net = self.nets["energy"]
@@ -75,21 +101,36 @@ class GaussianCD:
         self.steps += 1
         e_pos, e_neg = self.energy(batch).mean(), self.energy(self.sample(len(batch))).mean()
         loss = e_pos - e_neg
-        self.opt.zero_grad(); loss.backward(); self.opt.step()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
         net = self.nets["energy"]
-        return {"loss": float("nan") if self.steps == self.nan_at else loss.item(), "e_pos": e_pos.item(),
-                "e_neg": e_neg.item(), "mu": net.mu[0].item(), "sigma": net.log_sigma[0].exp().item()}
+        return {
+            "loss": float("nan") if self.steps == self.nan_at else loss.item(),
+            "e_pos": e_pos.item(),
+            "e_neg": e_neg.item(),
+            "mu": net.mu[0].item(),
+            "sigma": net.log_sigma[0].exp().item(),
+        }
 
     def state_dict(self) -> dict:
-        return {"energy": self.nets["energy"].state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "steps": self.steps}
+        return {
+            "energy": self.nets["energy"].state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.nets["energy"].load_state_dict(sd["energy"]); self.opt.load_state_dict(sd["opt"])
-        self.gen.set_state(sd["gen"]); self.steps = sd["steps"]
+        self.nets["energy"].load_state_dict(sd["energy"])
+        self.opt.load_state_dict(sd["opt"])
+        self.gen.set_state(sd["gen"])
+        self.steps = sd["steps"]
 
 # %% ../nbs/06_training.ipynb #e889bd83
 class EMA:
     "A frozen copy of `module` whose weights track theirs: `e ← decay·e + (1-decay)·w` on each `update()`."
+
     def __init__(self, module: nn.Module, decay: float = 0.999):
         if not (isinstance(decay, (int, float)) and 0 <= decay < 1):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}; 0.999 is typical, 0.9 for short runs.")
@@ -99,60 +140,88 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         ema, src = list(self.module.parameters()), [w.detach() for w in self.source.parameters()]
-        if ema: torch._foreach_lerp_(ema, src, 1 - self.decay)  # one fused call; a module may have no parameters
-        for e, b in zip(self.module.buffers(), self.source.buffers()): e.copy_(b)
+        if ema:
+            torch._foreach_lerp_(ema, src, 1 - self.decay)  # one fused call; a module may have no parameters
+        for e, b in zip(self.module.buffers(), self.source.buffers()):
+            e.copy_(b)
         self.updates += 1
 
-    def __call__(self, *args, **kwargs): return self.module(*args, **kwargs)
-    def state_dict(self) -> dict: return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+
     def load_state_dict(self, sd: dict) -> None:
-        self.module.load_state_dict(sd["module"]); self.decay, self.updates = sd["decay"], sd["updates"]
+        self.module.load_state_dict(sd["module"])
+        self.decay, self.updates = sd["decay"], sd["updates"]
 
 # %% ../nbs/06_training.ipynb #47782535
 class TrainingDiverged(RuntimeError):
     "Raised by `train` when a step returns a non-finite value or an energy beyond the bound."
+
     def __init__(self, iteration: int, values: dict, checkpoint=None, checkpoint_iteration=None, energy_bound=None):
         self.iteration, self.values, self.checkpoint = iteration, values, checkpoint
-        vals = ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "a non-finite or out-of-bound value on another rank"
-        where = (f"the last good checkpoint is {checkpoint} (iteration {checkpoint_iteration})" if checkpoint is not None
-                 else "no checkpoint was written yet")
-        super().__init__(f"Training diverged at iteration {iteration}: {vals} (every value must be finite and energies "
-                         f"`energy*`/`e_*` within ±{energy_bound}); {where}. Lower the learning rate or the sampler's "
-                         "step size, or raise energy_bound if such energies are expected.")
+        vals = (
+            ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "a non-finite or out-of-bound value on another rank"
+        )
+        where = (
+            f"the last good checkpoint is {checkpoint} (iteration {checkpoint_iteration})"
+            if checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        super().__init__(
+            f"Training diverged at iteration {iteration}: {vals} (every value must be finite and energies "
+            f"`energy*`/`e_*` within ±{energy_bound}); {where}. Lower the learning rate or the sampler's "
+            "step size, or raise energy_bound if such energies are expected."
+        )
+
 
 def check_logs(logs: dict[str, float], energy_bound: float | None = 1e4) -> dict[str, float]:
     "The entries of `logs` that break the guard: non-finite values, and energy keys with |value| > `energy_bound`."
     is_energy = lambda k: k.startswith("energy") or k.startswith("e_")
-    return {k: v for k, v in logs.items()
-            if not math.isfinite(v) or (energy_bound is not None and is_energy(k) and abs(v) > energy_bound)}
+    return {
+        k: v
+        for k, v in logs.items()
+        if not math.isfinite(v) or (energy_bound is not None and is_energy(k) and abs(v) > energy_bound)
+    }
 
 # %% ../nbs/06_training.ipynb #8e74c5c4
 def dist_info() -> tuple[int, int]:
     "`(rank, world_size)` of this process; `(0, 1)` when not running distributed."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
 
 def is_main() -> bool:
     "True on rank 0 (and when not distributed): the process that writes files and shows progress."
     return dist_info()[0] == 0
 
+
 def ddp_setup(backend: str | None = None) -> tuple[int, int]:
     "Join the process group `torchrun` describes (RANK, WORLD_SIZE, LOCAL_RANK); nccl on CUDA, else gloo. `(0, 1)` outside torchrun."
-    if dist.is_available() and dist.is_initialized(): return dist_info()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1: return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist_info()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
     backend = check_choice("backend", backend or ("nccl" if torch.cuda.is_available() else "gloo"), ("nccl", "gloo"))
-    if backend == "nccl": torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     return dist_info()
 
+
 def ddp_cleanup() -> None:
     "Leave the process group (if any): a barrier, a short pause, then destroy it."
-    if not (dist.is_available() and dist.is_initialized()): return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
     dist.barrier()
     # gloo's worker threads free finished work (and the tensors it holds) a moment after it completes; if Python is
     # already shutting down by then, the process aborts ("terminate called without an active exception", torch 2.14).
     time.sleep(0.2)
     dist.destroy_process_group()
+
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -162,118 +231,173 @@ def _comm_device() -> torch.device:
 def broadcast_params(module: nn.Module, src: int = 0) -> nn.Module:
     "Copy `module`'s parameters and buffers from rank `src` to every rank; a no-op outside DDP."
     if dist_info()[1] > 1:
-        for t in [*module.parameters(), *module.buffers()]: dist.broadcast(t.data, src)
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src)
     return module
+
 
 @torch.no_grad()
 def allreduce_grads(params) -> None:
     "Average the `.grad` of `params` (a module or an iterable of parameters) over all ranks; a no-op outside DDP."
     world = dist_info()[1]
-    if world == 1: return
+    if world == 1:
+        return
     buckets = {}
-    for p in (params.parameters() if isinstance(params, nn.Module) else params):
-        if p.grad is not None: buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for p in params.parameters() if isinstance(params, nn.Module) else params:
+        if p.grad is not None:
+            buckets.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
     for grads in buckets.values():
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat); flat /= world
-        for g, f in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(f.view_as(g))
+        dist.all_reduce(flat)
+        flat /= world
+        for g, f in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(f.view_as(g))
+
 
 def find_optimizers(method) -> list[torch.optim.Optimizer]:
     "The optimisers among `method`'s attributes (directly, or inside a dict, list or tuple), in attribute order."
     found = []
     for v in vars(method).values():
-        for o in (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else [v]):
-            if isinstance(o, torch.optim.Optimizer) and all(o is not f for f in found): found.append(o)
+        for o in v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else [v]:
+            if isinstance(o, torch.optim.Optimizer) and all(o is not f for f in found):
+                found.append(o)
     return found
 
-def _allreduce_hook(opt, args, kwargs): allreduce_grads(p for g in opt.param_groups for p in g["params"])
+
+def _allreduce_hook(opt, args, kwargs):
+    allreduce_grads(p for g in opt.param_groups for p in g["params"])
+
 
 def ddp_wrap(method, optimizers=None):
     "Make `method` data-parallel in place: broadcast its nets from rank 0, average gradients before every optimiser step."
-    if dist_info()[1] == 1: return method
-    for net in method.nets.values(): broadcast_params(net)
+    if dist_info()[1] == 1:
+        return method
+    for net in method.nets.values():
+        broadcast_params(net)
     opts = list(optimizers) if optimizers is not None else find_optimizers(method)
-    if not opts: raise TypeError(f"ddp_wrap found no torch.optim.Optimizer among the attributes of {type(method).__name__}; "
-                                 "keep the optimisers as attributes or pass optimizers=[...].")
+    if not opts:
+        raise TypeError(
+            f"ddp_wrap found no torch.optim.Optimizer among the attributes of {type(method).__name__}; "
+            "keep the optimisers as attributes or pass optimizers=[...]."
+        )
     for opt in opts:
         if not getattr(opt, "_ebm_nb_allreduce", False):
-            opt.register_step_pre_hook(_allreduce_hook); opt._ebm_nb_allreduce = True
+            opt.register_step_pre_hook(_allreduce_hook)
+            opt._ebm_nb_allreduce = True
     return method
 
 # %% ../nbs/06_training.ipynb #ae12a1ca
-def _check_train_args(method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback) -> dict:
+def _check_train_args(
+    method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback
+) -> dict:
     check_method(method)
     parts = data if isinstance(data, (tuple, list)) else (data,)
     if not parts or not all(isinstance(t, Tensor) and t.ndim > 0 for t in parts) or len(parts[0]) == 0:
-        raise TypeError(f"data must be a non-empty tensor of examples (N, ...) or a tuple of them, got {type(data).__name__}.")
-    check_int("iters", iters); check_int("batch_size", batch_size); check_int("log_every", log_every)
+        raise TypeError(
+            f"data must be a non-empty tensor of examples (N, ...) or a tuple of them, got {type(data).__name__}."
+        )
+    check_int("iters", iters)
+    check_int("batch_size", batch_size)
+    check_int("log_every", log_every)
     n = len(parts[0])
-    if any(len(t) != n for t in parts): raise ValueError(f"the tensors in data must have the same length, got {[len(t) for t in parts]}.")
-    if batch_size > n: raise ValueError(f"batch_size={batch_size} is larger than the data ({n} examples); use batch_size <= {n}.")
+    if any(len(t) != n for t in parts):
+        raise ValueError(f"the tensors in data must have the same length, got {[len(t) for t in parts]}.")
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size} is larger than the data ({n} examples); use batch_size <= {n}.")
     if ckpt_every is not None:
         check_int("ckpt_every", ckpt_every)
-        if ckpt_path is None: raise ValueError(f"ckpt_every={ckpt_every} needs a ckpt_path to write to; pass ckpt_path=... or drop ckpt_every.")
+        if ckpt_path is None:
+            raise ValueError(
+                f"ckpt_every={ckpt_every} needs a ckpt_path to write to; pass ckpt_path=... or drop ckpt_every."
+            )
     if energy_bound is not None and not (isinstance(energy_bound, (int, float)) and energy_bound > 0):
         raise ValueError(f"energy_bound must be a positive number or None (no bound), got {energy_bound!r}.")
     ema = dict(ema or {})
-    if not all(isinstance(e, EMA) for e in ema.values()): raise TypeError(f"ema must map names to EMA objects, got {ema!r}.")
+    if not all(isinstance(e, EMA) for e in ema.values()):
+        raise TypeError(f"ema must map names to EMA objects, got {ema!r}.")
     clash = {"method", "gen"} & set(ema)
-    if clash: raise ValueError(f"ema names {sorted(clash)} are reserved for the checkpoint; use other names, e.g. 'ema_energy'.")
-    if callback is not None and not callable(callback): raise TypeError(f"callback must be callable as callback(iteration, row), got {callback!r}.")
+    if clash:
+        raise ValueError(
+            f"ema names {sorted(clash)} are reserved for the checkpoint; use other names, e.g. 'ema_energy'."
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable as callback(iteration, row), got {callback!r}.")
     return ema
 
 # %% ../nbs/06_training.ipynb #4cdb1b13
 def _values(logs, method) -> dict:
     "What `method.step` returned as floats and 0-dim tensors; a row's tensors are copied, on their device, into one tensor."
     name = type(method).__name__
-    if not isinstance(logs, dict): raise TypeError(f"{name}.step must return a dict of floats or 0-dim tensors, got {type(logs).__name__}.")
+    if not isinstance(logs, dict):
+        raise TypeError(f"{name}.step must return a dict of floats or 0-dim tensors, got {type(logs).__name__}.")
     row, on_device = {}, {}
     for k, v in logs.items():
         k = str(k)
         if isinstance(v, Tensor):
-            if v.numel() != 1: raise TypeError(f"{name}.step returned a non-number for {k!r} (a tensor of shape {tuple(v.shape)}); "
-                                               "return floats or 0-dim tensors, e.g. loss.detach() or loss.item().")
-            row[k] = None; on_device.setdefault(v.device, []).append((k, v.detach().reshape(())))
+            if v.numel() != 1:
+                raise TypeError(
+                    f"{name}.step returned a non-number for {k!r} (a tensor of shape {tuple(v.shape)}); "
+                    "return floats or 0-dim tensors, e.g. loss.detach() or loss.item()."
+                )
+            row[k] = None
+            on_device.setdefault(v.device, []).append((k, v.detach().reshape(())))
             continue
-        try: row[k] = float(v)
+        try:
+            row[k] = float(v)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{name}.step returned a non-number for {k!r} ({e}); return floats or 0-dim tensors, e.g. loss.detach().") from None
+            raise TypeError(
+                f"{name}.step returned a non-number for {k!r} ({e}); return floats or 0-dim tensors, e.g. loss.detach()."
+            ) from None
     for items in on_device.values():  # a copy: a value that is a view of a weight must not change with later steps
         packed = torch.stack([v for _, v in items])
-        for i, (k, _) in enumerate(items): row[k] = packed[i]
+        for i, (k, _) in enumerate(items):
+            row[k] = packed[i]
     return row
+
 
 def _to_host(rows: list[dict]) -> list[dict]:
     "Replace the tensor values of `rows` by floats, in place: one transfer per device (the one host sync of a window)."
     on_device = {}
     for r in rows:
         for k, v in r.items():
-            if isinstance(v, Tensor): on_device.setdefault(v.device, []).append((r, k, v))
+            if isinstance(v, Tensor):
+                on_device.setdefault(v.device, []).append((r, k, v))
     for items in on_device.values():
-        for (r, k, _), x in zip(items, torch.stack([v for _, _, v in items]).tolist()): r[k] = float(x)
+        for (r, k, _), x in zip(items, torch.stack([v for _, _, v in items]).tolist()):
+            r[k] = float(x)
     return rows
+
 
 def _mean(rows: list[dict]) -> dict[str, float]:
     "Per-key mean over `rows` (keys in first-seen order; a key missing from some rows averages over the others)."
     out = {}
     for k in dict.fromkeys(k for r in rows for k in r):
-        vs = [r[k] for r in rows if k in r]; out[k] = sum(vs) / len(vs)
+        vs = [r[k] for r in rows if k in r]
+        out[k] = sum(vs) / len(vs)
     return out
+
 
 def _first_on_any_rank(it: int | None) -> int | None:
     "The smallest `it` over all ranks, `None` counting as none (a collective under DDP)."
-    if dist_info()[1] == 1: return it
-    t = torch.tensor([math.inf if it is None else float(it)], device=_comm_device()); dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    if dist_info()[1] == 1:
+        return it
+    t = torch.tensor([math.inf if it is None else float(it)], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return None if math.isinf(t.item()) else int(t.item())
+
 
 def _guard(rows: list[dict[str, float]], it: int, last, energy_bound) -> None:
     "Raise `TrainingDiverged` for the first of `rows` (the iterations up to `it`) that breaks the guard, on any rank."
     first, bad = None, {}
     for i, row in enumerate(rows):
         bad = check_logs(row, energy_bound)
-        if bad: first = it - len(rows) + 1 + i; break
+        if bad:
+            first = it - len(rows) + 1 + i
+            break
     at = _first_on_any_rank(first)
-    if at is not None: raise TrainingDiverged(at, bad if first == at else {}, *(last or (None, None)), energy_bound)
+    if at is not None:
+        raise TrainingDiverged(at, bad if first == at else {}, *(last or (None, None)), energy_bound)
+
 
 def _postfix(row: dict, n: int = 3) -> dict[str, str]:
     "At most `n` short values of a history row for the progress bar, `loss*` keys first (a long postfix squeezes the bar)."
@@ -281,16 +405,22 @@ def _postfix(row: dict, n: int = 3) -> dict[str, str]:
     keys = [k for k in keys if k.startswith("loss")] + [k for k in keys if not k.startswith("loss")]
     return {k: f"{row[k]:.3g}" for k in keys[:n]}
 
+
 @torch.no_grad()
 def _sync_buffers(method) -> None:
     "Copy rank 0's buffers of every net to all ranks, as DDP does before each forward."
     for net in method.nets.values():
-        for b in net.buffers(): dist.broadcast(b, 0)
+        for b in net.buffers():
+            dist.broadcast(b, 0)
+
 
 def _rank_generator(generator, rank: int):
     "Rank 0 keeps `generator`; rank r gets a stream seeded with its seed + r (the global seed + r when `generator` is None)."
-    if generator is not None and rank == 0: return generator
-    return torch.Generator().manual_seed((generator.initial_seed() if generator is not None else torch.initial_seed()) + rank)
+    if generator is not None and rank == 0:
+        return generator
+    return torch.Generator().manual_seed(
+        (generator.initial_seed() if generator is not None else torch.initial_seed()) + rank
+    )
 
 # %% ../nbs/06_training.ipynb #294accad
 def _check_weights(method, it, last, energy_bound):
@@ -298,66 +428,103 @@ def _check_weights(method, it, last, energy_bound):
         if not all(torch.isfinite(p).all() for p in net.parameters()):
             raise TrainingDiverged(it, {f"weights of {name!r}": float("nan")}, *(last or (None, None)), energy_bound)
 
+
 def _save(path, it, method, gen, ema, history, pending):
     extra = {"history": history, "pending": pending}
     if dist_info()[1] > 1:
         extra["ranks"] = [None] * dist_info()[1]
-        dist.all_gather_object(extra["ranks"], {"gen": gen.get_state() if gen is not None else None, "rng": rng_state()})
-    if is_main(): save_checkpoint(path, it, extra=extra, method=method, **({"gen": gen} if gen is not None else {}), **ema)
+        dist.all_gather_object(
+            extra["ranks"], {"gen": gen.get_state() if gen is not None else None, "rng": rng_state()}
+        )
+    if is_main():
+        save_checkpoint(path, it, extra=extra, method=method, **({"gen": gen} if gen is not None else {}), **ema)
+
 
 def _resume(path, method, gen, ema) -> tuple[int, list, list]:
-    if is_main(): remove_stale_temps(path)  # temp files of checkpoint writes killed in an earlier run
+    if is_main():
+        remove_stale_temps(path)  # temp files of checkpoint writes killed in an earlier run
     ck = load_checkpoint(path, method=method, **({"gen": gen} if gen is not None else {}), **ema)
     rank, world = dist_info()
     if world > 1:
         ranks = ck["extra"].get("ranks") or []
         if len(ranks) == world:
             set_rng_state(ranks[rank]["rng"])
-            if gen is not None and ranks[rank]["gen"] is not None: gen.set_state(ranks[rank]["gen"])
+            if gen is not None and ranks[rank]["gen"] is not None:
+                gen.set_state(ranks[rank]["gen"])
         else:
-            warnings.warn(f"{path} was written by {len(ranks) or 1} rank(s), not {world}: batch streams are reseeded per rank.")
-            if gen is not None: gen.manual_seed(int(torch.randint(2**62, (1,), generator=gen)) + rank)
-    if is_main() and not quiet(): print(f"resuming from {path} at iteration {ck['iteration'] + 1}")
+            warnings.warn(
+                f"{path} was written by {len(ranks) or 1} rank(s), not {world}: batch streams are reseeded per rank."
+            )
+            if gen is not None:
+                gen.manual_seed(int(torch.randint(2**62, (1,), generator=gen)) + rank)
+    if is_main() and not quiet():
+        print(f"resuming from {path} at iteration {ck['iteration'] + 1}")
     return ck["iteration"], list(ck["extra"].get("history", [])), list(ck["extra"].get("pending", []))
 
 # %% ../nbs/06_training.ipynb #a50b39a5
-def train(method, data: Tensor | tuple[Tensor, ...], iters: int, batch_size: int, *, generator: torch.Generator | None = None,
-          ckpt_path=None, ckpt_every: int | None = None, resume: bool = True, log_every: int = 10,
-          energy_bound: float | None = 1e4, ema: dict[str, EMA] | None = None,
-          callback: Callable[[int, dict], None] | None = None, desc: str = "train") -> list[dict]:
+def train(
+    method,
+    data: Tensor | tuple[Tensor, ...],
+    iters: int,
+    batch_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    ckpt_path=None,
+    ckpt_every: int | None = None,
+    resume: bool = True,
+    log_every: int = 10,
+    energy_bound: float | None = 1e4,
+    ema: dict[str, EMA] | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    desc: str = "train",
+) -> list[dict]:
     "Train `method` for `iters` steps on random batches of `data`: EMA, guard, logging, checkpoints, resume, DDP. Returns the history."
-    ema = _check_train_args(method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback)
+    ema = _check_train_args(
+        method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback
+    )
     rank, world = dist_info()
     if world > 1:
-        ddp_wrap(method); generator = _rank_generator(generator, rank)
-        for e in ema.values(): broadcast_params(e.module)  # each rank copied its own initial weights; take rank 0's
+        ddp_wrap(method)
+        generator = _rank_generator(generator, rank)
+        for e in ema.values():
+            broadcast_params(e.module)  # each rank copied its own initial weights; take rank 0's
     dev = method_device(method)
     data = tuple(t.to(dev) for t in data) if isinstance(data, (tuple, list)) else data.to(dev)
     done, history, pending, last = 0, [], [], None
     if ckpt_path is not None and resume and Path(ckpt_path).exists():
-        done, history, pending = _resume(ckpt_path, method, generator, ema); last = (ckpt_path, done)
+        done, history, pending = _resume(ckpt_path, method, generator, ema)
+        last = (ckpt_path, done)
     stream = batches(data, batch_size, generator)
     bar = progress(range(done + 1, iters + 1), total=iters, initial=min(done, iters), desc=desc, disable=not is_main())
     for it in bar:
         logs = _values(method.step(next(stream)), method)
-        if world == 1:  # floats cost nothing to check now; tensors wait for the next check (on all ranks together under DDP)
+        if (
+            world == 1
+        ):  # floats cost nothing to check now; tensors wait for the next check (on all ranks together under DDP)
             bad = check_logs({k: v for k, v in logs.items() if not isinstance(v, Tensor)}, energy_bound)
             if bad:  # name the window's first bad iteration, which may be an earlier one with a bad tensor
                 _guard(_to_host(pending + [logs]), it, last, energy_bound)
                 raise TrainingDiverged(it, bad, *(last or (None, None)), energy_bound)
-        if world > 1: _sync_buffers(method)
-        for e in ema.values(): e.update()
+        if world > 1:
+            _sync_buffers(method)
+        for e in ema.values():
+            e.update()
         pending.append(logs)
         log_now = it % log_every == 0 or it == iters
         ckpt_now = ckpt_path is not None and (it == iters or bool(ckpt_every and it % ckpt_every == 0))
-        if log_now or ckpt_now: _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
+        if log_now or ckpt_now:
+            _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
         if log_now:
-            history.append({"iter": it, **_mean(pending)}); pending = []
+            history.append({"iter": it, **_mean(pending)})
+            pending = []
             bar.set_postfix(_postfix(history[-1]), refresh=False)
-            if callback is not None and is_main(): callback(it, history[-1])
+            if callback is not None and is_main():
+                callback(it, history[-1])
         if ckpt_now:
             _check_weights(method, it, last, energy_bound)
-            _save(ckpt_path, it, method, generator, ema, history, pending); last = (ckpt_path, it)
+            _save(ckpt_path, it, method, generator, ema, history, pending)
+            last = (ckpt_path, it)
     bar.close()
-    if world > 1: dist.barrier()
+    if world > 1:
+        dist.barrier()
     return history

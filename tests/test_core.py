@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_nb.core import load_checkpoint, save_checkpoint, seed_everything
+from ebm_nb.core import seed_everything
+from ebm_nb.checkpoints import load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("seed", [1.5, -1, True, "3", 2.0])

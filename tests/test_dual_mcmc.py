@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ebm_nb.core import load_checkpoint
+from ebm_nb.checkpoints import load_checkpoint
 from ebm_nb.dual_mcmc import DualMCMC, DualMCMCConfig, check_nets, dual_mcmc_nets
 from ebm_nb.nets import ConvEncoder, ConvEnergy, ResEncoder, ResEnergy, ResGenerator
 from ebm_nb.sampling import ChainRecorder

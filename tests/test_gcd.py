@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ebm_nb.core import get_preset, load_checkpoint
+from ebm_nb.presets import get_preset
+from ebm_nb.checkpoints import load_checkpoint
 from ebm_nb.data import sample_toy
 from ebm_nb.diffusion import TimeMLP, ddpm_sampler, scratch_sampler
 from ebm_nb.gcd import GCD, GCDConfig, time_cost

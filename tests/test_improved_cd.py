@@ -3,7 +3,8 @@ step only, frozen energy), the CD/KL gradient split, and bit-exact resume throug
 import pytest
 import torch
 
-from ebm_nb.core import get_preset, load_checkpoint
+from ebm_nb.presets import get_preset
+from ebm_nb.checkpoints import load_checkpoint
 from ebm_nb.improved_cd import ImprovedCD, ImprovedCDConfig, ablate, fit
 from ebm_nb.sampling import frozen, langevin
 from ebm_nb.training import TrainingDiverged
@@ -135,7 +136,7 @@ def test_resume_is_bit_exact(tmp_path):
 DDP_SCRIPT = '''
 import sys, torch
 from pathlib import Path
-from ebm_nb.core import get_preset
+from ebm_nb.presets import get_preset
 from ebm_nb.improved_cd import ImprovedCD, fit
 from ebm_nb.training import ddp_cleanup, ddp_setup
 rank, world = ddp_setup()

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from ebm_nb.core import load_checkpoint, save_checkpoint
+from ebm_nb.checkpoints import load_checkpoint, save_checkpoint
 from ebm_nb.nets import ConvEnergy, MLPEnergy
 from ebm_nb.sampling import (AUGMENTATIONS, ChainRecorder, ReplayBuffer, from_buffer, _pure_step, augment, langevin, langevin_step,
                              nn_entropy)

@@ -10,7 +10,8 @@ import torch
 import copy
 
 from ebm_nb import training
-from ebm_nb.core import load_checkpoint, save_checkpoint, seed_everything
+from ebm_nb.core import seed_everything
+from ebm_nb.checkpoints import load_checkpoint, save_checkpoint
 from ebm_nb.training import EMA, GaussianCD, TrainingDiverged, check_logs, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 """Recompute the paper's claims of a committed result file with the notebook's own `checks` cell.
 
 A paper notebook keeps its claims in one code cell tagged `checks`: a pure function `checks(rows, meta) -> list[dict]`
-of `ebm_nb.core.check` records. This script runs that cell's source in a fresh namespace, calls `checks` on the
-rows and meta of a committed JSON and rewrites the JSON, CSV and .md through `ebm_nb.core.write_results`: the rows
+of `ebm_nb.results.check` records. This script runs that cell's source in a fresh namespace, calls `checks` on the
+rows and meta of a committed JSON and rewrites the JSON, CSV and .md through `ebm_nb.results.write_results`: the rows
 and the original meta (commit, wall time, date) stay as they were; only `meta.checks` and the .md's verdict lines
 are new. The .md keeps its notes.
 
@@ -32,7 +32,7 @@ def checks_cell(nb_path) -> str:
 def load_checks(nb_path):
     "The `checks(rows, meta)` function of a notebook, from its tagged cell run in a fresh namespace."
     import numpy as np, pandas as pd
-    from ebm_nb.core import check
+    from ebm_nb.results import check
     ns = {"check": check, "np": np, "pd": pd, "__name__": "checks_cell"}
     exec(compile(checks_cell(nb_path), f"{nb_path}:checks", "exec"), ns)
     if not callable(ns.get("checks")): raise ValueError(f"The {TAG!r} cell of {nb_path} defines no function `checks`.")
@@ -54,7 +54,7 @@ def md_notes(md_text: str) -> str:
 
 def recheck(nb_path, json_path) -> list[dict]:
     "Rewrite `json_path` (and its .csv/.md) with `meta.checks` from the notebook's `checks` cell; return the checks."
-    from ebm_nb.core import write_results
+    from ebm_nb.results import write_results
     json_path = Path(json_path)
     if json_path.suffix != ".json": raise ValueError(f"Give the result's .json file, got {str(json_path)!r}.")
     res = json.loads(json_path.read_text())
