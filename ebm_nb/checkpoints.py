@@ -13,7 +13,7 @@ from .core import atomic_path, remove_stale_temps
 # %% auto #0
 __all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/00c_checkpoints.ipynb #10ecc6e0
+# %% ../nbs/00c_checkpoints.ipynb #14c628e6
 def rng_state() -> dict:
     "The global RNG states of Python, NumPy and torch (CPU and every CUDA device)."
     return {
@@ -23,7 +23,7 @@ def rng_state() -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
-
+# %% ../nbs/00c_checkpoints.ipynb #fabdf87a
 def set_rng_state(state: dict):
     "Restore what `rng_state` returned."
     random.setstate(state["python"])
@@ -32,20 +32,21 @@ def set_rng_state(state: dict):
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
+# %% ../nbs/00c_checkpoints.ipynb #0114f7d8
 def _state_of(obj):
     if isinstance(obj, torch.Generator):
         return {"generator_state": obj.get_state()}
     return obj.state_dict() if hasattr(obj, "state_dict") else obj
 
-
+# %% ../nbs/00c_checkpoints.ipynb #35c399a1
 def _classes(obj) -> list[str]:
     "The names of `obj`'s class and its bases, most specific first (`object` left out)."
     return [c.__name__ for c in type(obj).__mro__ if c is not object]
 
-
+# %% ../nbs/00c_checkpoints.ipynb #9eab52f9
 def save_checkpoint(path, iteration: int, extra: dict | None = None, **objects) -> Path:
-    "Atomically save `objects` (state dicts or generator states, with their classes), global RNG states, `iteration` and `extra`."
+    """Atomically save `objects` (state dicts or generator states, with their classes), global RNG states, `iteration`
+    and `extra`."""
     ckpt = {
         "format": "ebm_nb.checkpoint/1",
         "iteration": int(iteration),
@@ -59,7 +60,7 @@ def save_checkpoint(path, iteration: int, extra: dict | None = None, **objects) 
         torch.save(ckpt, tmp)
     return Path(path)
 
-
+# %% ../nbs/00c_checkpoints.ipynb #5ece1384
 def _check_types(path, ckpt: dict, objects: dict) -> None:
     "Raise a `TypeError` when a checkpoint entry was saved from a class unrelated to the object loading it."
     for k, obj in objects.items():
@@ -70,7 +71,7 @@ def _check_types(path, ckpt: dict, objects: dict) -> None:
                 f"load it with a {saved[0]}, or point to a checkpoint written by a {asked[0]}."
             )
 
-
+# %% ../nbs/00c_checkpoints.ipynb #9850c290
 def load_checkpoint(path, restore_rng: bool = True, map_location="cpu", **objects) -> dict:
     "Load a checkpoint into `objects` (matched by name) and restore RNG states; return the checkpoint dict."
     path = Path(path)

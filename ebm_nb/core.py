@@ -15,7 +15,7 @@ __all__ = ['SCALES', 'DEVICES', 'check_choice', 'check_positive', 'check_int', '
            'progress', 'repo_root', 'data_dir', 'atomic_path', 'atomic_write_text', 'remove_stale_temps', 'to_pm1',
            'to_01']
 
-# %% ../nbs/00_core.ipynb #8668665f
+# %% ../nbs/00_core.ipynb #0039cf53
 SCALES = ("smoke", "quick", "gpu", "paper")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -27,7 +27,7 @@ def check_choice(name: str, value, choices, hint: str = ""):
         raise ValueError(msg + (f" {hint}" if hint else ""))
     return value
 
-
+# %% ../nbs/00_core.ipynb #8a962d56
 def check_positive(name: str, value, zero_ok: bool = False):
     "Return `value` if it is a positive (or, with `zero_ok`, non-negative) number, else raise a `ValueError`."
     ok = (
@@ -39,7 +39,7 @@ def check_positive(name: str, value, zero_ok: bool = False):
         raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r}.")
     return value
 
-
+# %% ../nbs/00_core.ipynb #2649cedf
 def check_int(name: str, value, low: int = 1) -> int:
     "Return `value` as an `int` if it is an integer >= `low`, else raise a `ValueError`."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -47,7 +47,7 @@ def check_int(name: str, value, low: int = 1) -> int:
         raise ValueError(f"{name} must be {what}, got {value!r}.")
     return int(value)
 
-# %% ../nbs/00_core.ipynb #66dfde83
+# %% ../nbs/00_core.ipynb #664087c0
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     "`auto` -> CUDA when available, else CPU; `cpu`; `cuda` or `cuda:N` (an error if no GPU is visible)."
     if isinstance(device, torch.device):
@@ -59,7 +59,7 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         raise RuntimeError(f"device={device!r} was asked for but no CUDA GPU is visible; pass device='auto' or 'cpu'.")
     return torch.device(device)
 
-
+# %% ../nbs/00_core.ipynb #5a691e2f
 def seed_everything(seed: int) -> torch.Generator:
     "Seed Python, NumPy and torch (all devices); return a CPU `torch.Generator` seeded with `seed` for explicit use."
     seed = check_int("seed", seed, 0)
@@ -94,7 +94,7 @@ def data_dir() -> Path:
     "Where datasets live: `$EBM_NB_DATA` or `<repo>/data`."
     return Path(os.environ.get("EBM_NB_DATA") or repo_root() / "data")
 
-# %% ../nbs/00_core.ipynb #1cc8d2ed
+# %% ../nbs/00_core.ipynb #b439bdb2
 @contextlib.contextmanager
 def atomic_path(path):
     "Context manager yielding a temp path next to `path`; renamed onto `path` on success, removed on failure."
@@ -112,13 +112,13 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.remove(tmp)
 
-
+# %% ../nbs/00_core.ipynb #05cc9678
 def atomic_write_text(path, text: str):
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
-
+# %% ../nbs/00_core.ipynb #9db7fe71
 def remove_stale_temps(path) -> list[Path]:
     "Delete the temp files `atomic_path` left next to `path` (`.{name}.XXXXXXXX.tmp`) in killed writes; return them."
     path = Path(path)

@@ -10,7 +10,7 @@ from .core import SCALES, check_choice
 # %% auto #0
 __all__ = ['PRESETS', 'register_preset', 'get_preset', 'show_config', 'EvalSizes']
 
-# %% ../nbs/00a_presets.ipynb #c099a6bc
+# %% ../nbs/00a_presets.ipynb #c7b749f0
 PRESETS: dict = {}
 
 
@@ -22,7 +22,7 @@ def register_preset(method: str, scale: str, dataset: str, cfg):
     PRESETS[(method, scale, dataset)] = cfg
     return cfg
 
-
+# %% ../nbs/00a_presets.ipynb #16a4ff70
 def get_preset(method: str, scale: str, dataset: str, **overrides):
     "A copy of the preset for `(method, scale, dataset)` with `overrides` applied."
     check_choice("scale", scale, SCALES)
@@ -37,11 +37,12 @@ def get_preset(method: str, scale: str, dataset: str, **overrides):
     bad = set(overrides) - {f.name for f in dataclasses.fields(cfg)}
     if bad:
         raise TypeError(
-            f"{type(cfg).__name__} has no field(s) {sorted(bad)}; fields are {[f.name for f in dataclasses.fields(cfg)]}."
+            f"{type(cfg).__name__} has no field(s) {sorted(bad)}; "
+            f"fields are {[f.name for f in dataclasses.fields(cfg)]}."
         )
     return dataclasses.replace(cfg, **overrides)
 
-
+# %% ../nbs/00a_presets.ipynb #9b06524a
 def show_config(cfg, title: str | None = None) -> str:
     "A one-line-per-field description of a dataclass config; printed at the top of each run."
     lines = [title or type(cfg).__name__] + [f"  {f.name} = {getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)]

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_protocol.ipynb #57091f19
 from __future__ import annotations
-import functools, time
+import time
 import numpy as np
 import torch
 from .core import check_int, pick_device, progress
@@ -14,7 +14,8 @@ __all__ = ['parallel_map', 'run_protocol', 'seed_summary']
 
 # %% ../nbs/00b_protocol.ipynb #0a570003
 def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "runs") -> list:
-    "`list(map(fn, *iterables))` with a progress bar: in `workers` single-threaded processes on a CPU, in-process otherwise."
+    """`list(map(fn, *iterables))` with a progress bar: in `workers` single-threaded processes on a CPU, in-process
+    otherwise."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -26,13 +27,13 @@ def parallel_map(fn, *iterables, workers: int = 2, device="cpu", desc: str = "ru
     ) as pool:
         return list(progress(pool.map(fn, *zip(*jobs)), total=len(jobs), desc=desc))
 
-# %% ../nbs/00b_protocol.ipynb #d7f7731b
+# %% ../nbs/00b_protocol.ipynb #df934203
 def _timed(fn, row: dict, seed: int, **shared) -> list[dict]:
     t0 = time.time()
     out = fn(row, seed, **shared)
     return [{**r, "run_s": round(time.time() - t0, 1)} for r in (out if isinstance(out, list) else [out])]
 
-
+# %% ../nbs/00b_protocol.ipynb #09db7824
 def run_protocol(
     fn,
     protocol: list[dict],
@@ -42,7 +43,8 @@ def run_protocol(
     cost=None,  # row -> expected run time: runs start longest first, so the last to finish is a short one
     **shared,
 ) -> list[dict]:
-    "Run `fn(row, seed, device=..., **shared)` for each row of `protocol` and each of its `seeds`; a result row per run."
+    """Run `fn(row, seed, device=..., **shared)` for each row of `protocol` and each of its `seeds`; a result row per
+    run."""
     import functools
 
     for r in protocol:
@@ -66,7 +68,7 @@ def run_protocol(
     keep = lambda d: {k: v for k, v in d.items() if k != "seeds" and not k.startswith("_")}
     return [{**keep(r), "seed": s, **o} for (r, s), out in zip(jobs, outs) for o in out]
 
-
+# %% ../nbs/00b_protocol.ipynb #a69331c0
 def seed_summary(results: list[dict], by: list[str], metrics: list[str]) -> list[dict]:
     "One row per value of `by`: each metric's mean over seeds and `<metric>_seed_std`, other numbers' means, the seeds."
     groups = {}

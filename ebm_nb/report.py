@@ -4,16 +4,16 @@
 
 # %% ../nbs/15_report.ipynb #03ae2832
 from __future__ import annotations
-import argparse, ast, fnmatch, json, math, os, sys
+import argparse, json, math, os, sys
 from pathlib import Path
 from .core import atomic_write_text, repo_root
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
-           'table_checks', 'checks_markdown', 'notebook_stems', 'notebook_purpose', 'notebook_of', 'build_index',
-           'StaleIndex', 'write_index', 'report_main']
+           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'build_index', 'StaleIndex',
+           'write_index', 'report_main']
 
-# %% ../nbs/15_report.ipynb #1431d4b3
+# %% ../nbs/15_report.ipynb #9f0ac291
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
 
 
@@ -21,9 +21,10 @@ def default_figures_dir() -> Path:
     "The repository's `figures/` folder."
     return repo_root() / "figures"
 
-
+# %% ../nbs/15_report.ipynb #ad1f0ab7
 def load_tables(figures_dir=None) -> list[dict]:
-    "Every committed table `figures/<paper>/<stem>.json` as `{paper, stem, path, meta, rows}`, sorted; `_*` folders skipped."
+    """Every committed table `figures/<paper>/<stem>.json` as `{paper, stem, path, meta, rows}`, sorted; `_*` folders
+    skipped."""
     figures_dir = Path(figures_dir or default_figures_dir())
     if not figures_dir.is_dir():
         raise ValueError(f"The figures folder {figures_dir} does not exist.")
@@ -48,7 +49,7 @@ def load_tables(figures_dir=None) -> list[dict]:
         )
     return tables
 
-# %% ../nbs/15_report.ipynb #d39f7000
+# %% ../nbs/15_report.ipynb #77785600
 def format_seconds(s) -> str:
     "A wall time for people: `125 s`, `26 min`, `2.1 h`; `?` when unknown."
     if not isinstance(s, (int, float)) or isinstance(s, bool) or s != s:
@@ -59,7 +60,7 @@ def format_seconds(s) -> str:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
 
-
+# %% ../nbs/15_report.ipynb #ac01de52
 def format_cell(v) -> str:
     "A table cell: floats to 4 significant digits, blanks for None/NaN, `|` escaped, one line."
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -72,7 +73,7 @@ def format_cell(v) -> str:
         v = json.dumps(v)
     return str(v).replace("|", "\\|").replace("\n", " ")
 
-
+# %% ../nbs/15_report.ipynb #cbd12779
 def order_columns(columns: list[str]) -> list[str]:
     "`columns` with every `paper_*` column moved right after the column of ours it reports (see above)."
     ours = [c for c in columns if not c.startswith("paper_")]
@@ -91,7 +92,7 @@ def order_columns(columns: list[str]) -> list[str]:
         out += [c] + after.get(c, [])
     return out
 
-# %% ../nbs/15_report.ipynb #13a5270f
+# %% ../nbs/15_report.ipynb #1c32716f
 def rows_markdown(rows: list[dict]) -> str:
     "The rows as a markdown table: `paper_*` columns beside ours, rounded, all-empty columns dropped."
     cols = order_columns(list(dict.fromkeys(k for r in rows for k in r)))
@@ -101,9 +102,10 @@ def rows_markdown(rows: list[dict]) -> str:
     out = ["| " + " | ".join(format_cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     return "\n".join(out + ["| " + " | ".join(format_cell(r.get(c)) for c in cols) + " |" for r in rows])
 
-
+# %% ../nbs/15_report.ipynb #931f1baa
 def table_checks(meta: dict) -> list[dict]:
-    "The claims of `meta['checks']` as `{claim, paper, ours, holds, note}` (an older `{claim: holds}` dict too); [] if none."
+    """The claims of `meta['checks']` as `{claim, paper, ours, holds, note}` (an older `{claim: holds}` dict too); [] if
+    none."""
     checks = meta.get("checks")
     if not checks:
         return []
@@ -120,7 +122,7 @@ def table_checks(meta: dict) -> list[dict]:
         for c in checks
     ]
 
-
+# %% ../nbs/15_report.ipynb #6e95e0f1
 def checks_markdown(checks: list[dict]) -> str:
     "The claims as a table of verdicts (`yes` / `NO`), or a sentence saying there are none."
     if not checks:
@@ -135,44 +137,13 @@ def checks_markdown(checks: list[dict]) -> str:
         ]
     )
 
-# %% ../nbs/15_report.ipynb #a5889c50
+# %% ../nbs/15_report.ipynb #d6387e5c
 def _cells(path, kind: str) -> list[str]:
     nb = json.loads(Path(path).read_text())
     src = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
     return [src(c) for c in nb["cells"] if c["cell_type"] == kind]
 
-
-def _pattern(node) -> str | None:
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-        node = node.right
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        s = node.value
-    elif isinstance(node, ast.JoinedStr):
-        s = "".join(v.value if isinstance(v, ast.Constant) else "*" for v in node.values)
-    else:
-        return None
-    s = Path(s).name
-    return s[: -len(Path(s).suffix)] if Path(s).suffix in (".json", ".csv", ".md") else s
-
-
-def notebook_stems(path) -> list[str]:
-    "Patterns (`fnmatch`) of the table stems notebook `path` writes with `write_results`; its own stem if none is literal."
-    stems = []
-    for src in _cells(path, "code"):
-        src = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!")))
-        try:
-            tree = ast.parse(src)
-        except SyntaxError:
-            continue
-        for n in ast.walk(tree):
-            name = getattr(n.func, "id", getattr(n.func, "attr", None)) if isinstance(n, ast.Call) else None
-            if name == "write_results" and n.args:
-                p = _pattern(n.args[0])
-                if p and p not in stems:
-                    stems.append(p)
-    return stems or [Path(path).stem]
-
-
+# %% ../nbs/15_report.ipynb #8629eafb
 def notebook_purpose(path) -> str:
     "One line on what notebook `path` does: the `> ` blockquote of its first markdown cell, else its title."
     md = _cells(path, "markdown")
@@ -181,21 +152,19 @@ def notebook_purpose(path) -> str:
     title = next((l.lstrip("#").strip() for l in lines if l.startswith("#")), "")
     return quote or title or "(no description)"
 
-
+# %% ../nbs/15_report.ipynb #72b40340
 def notebook_of(table: dict, notebooks: list) -> Path | None:
-    "The notebook (among paths `notebooks`) that wrote `table`: by `meta['notebook']`, else by its stems; None if none."
-    same = [Path(nb) for nb in notebooks if Path(nb).parent.name == table["paper"]]
+    "The notebook (among paths `notebooks`) that wrote `table`, as its `meta['notebook']` records; None if none."
     named = table["meta"].get("notebook")
-    if named:
-        return next((nb for nb in same if str(named) in (f"{nb.parent.name}/{nb.name}", nb.name, nb.stem)), None)
-    return next((nb for nb in same if any(fnmatch.fnmatchcase(table["stem"], p) for p in notebook_stems(nb))), None)
+    same = [Path(nb) for nb in notebooks if Path(nb).parent.name == table["paper"]]
+    return next((nb for nb in same if named in (f"{nb.parent.name}/{nb.name}", nb.name)), None)
 
-# %% ../nbs/15_report.ipynb #98adc390
+# %% ../nbs/15_report.ipynb #96692419
 def _anchor(title: str) -> str:
     "GitHub's anchor of a markdown heading."
     return "".join(ch for ch in title.lower().replace(" ", "-") if ch.isalnum() or ch in "-_")
 
-
+# %% ../nbs/15_report.ipynb #020e4c8f
 def _figures(folder: Path, stems: list[str]) -> dict:
     "`{stem: [png names]}` with each PNG under the longest stem it starts with; unmatched ones under None."
     out = {}
@@ -204,11 +173,11 @@ def _figures(folder: Path, stems: list[str]) -> dict:
         out.setdefault(owner, []).append(png)
     return out
 
-
+# %% ../nbs/15_report.ipynb #a798a12f
 def _verdicts(checks) -> str:
     return f"{sum(c['holds'] for c in checks)} of {len(checks)}" if checks else "none recorded"
 
-
+# %% ../nbs/15_report.ipynb #3321e570
 def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
     m, paper, stem = t["meta"], t["paper"], t["stem"]
     out = [f"### {paper}/{stem}", ""]
@@ -238,7 +207,7 @@ def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
     out += [rows_markdown(t["rows"]), "", "Claims of the paper:", "", checks_markdown(table_checks(m)), ""]
     return out
 
-
+# %% ../nbs/15_report.ipynb #d57d0365
 def build_index(figures_dir=None, papers_dir=None) -> str:
     "The text of the results index `figures/README.md`, built from the committed tables (deterministic)."
     root = Path(figures_dir or default_figures_dir())
@@ -265,7 +234,8 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
         for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"])):
             name, m = f"{t['paper']}/{t['stem']}", t["meta"]
             out.append(
-                f"| [{name}](#{_anchor(name)}) | {format_cell(m.get('scale', '?'))} | {format_cell(m.get('device', '?'))} | "
+                f"| [{name}](#{_anchor(name)}) | {format_cell(m.get('scale', '?'))} | "
+                f"{format_cell(m.get('device', '?'))} | "
                 f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |"
             )
         out.append("")
@@ -279,11 +249,11 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
             out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
     return "\n".join(out).rstrip() + "\n"
 
-# %% ../nbs/15_report.ipynb #0b4b03b0
+# %% ../nbs/15_report.ipynb #0c46cbf0
 class StaleIndex(RuntimeError):
     "The committed results index differs from what `ebm-nb report` would write."
 
-
+# %% ../nbs/15_report.ipynb #287710f2
 def write_index(figures_dir=None, check: bool = False, papers_dir=None) -> Path:
     "Write `<figures_dir>/README.md` from the tables, or with `check` raise `StaleIndex` if it is not current."
     root = Path(figures_dir or default_figures_dir())
@@ -298,7 +268,7 @@ def write_index(figures_dir=None, check: bool = False, papers_dir=None) -> Path:
         atomic_write_text(path, text)
     return path
 
-
+# %% ../nbs/15_report.ipynb #e95ef4d2
 def report_main(argv=None) -> int:
     "`ebm-nb report`: build (or `--check`) the results index; returns the exit status."
     ap = argparse.ArgumentParser(prog="ebm-nb report", description="Build figures/README.md, the results index.")

@@ -11,13 +11,23 @@ import torch
 from .core import SCALES, atomic_write_text, check_choice, repo_root
 
 # %% auto #0
-__all__ = ['git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results', 'results_dir',
-           'show_table', 'readings']
+__all__ = ['code_root', 'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results',
+           'results_dir', 'show_table', 'readings']
 
-# %% ../nbs/00d_results.ipynb #0d1bf65e
-def git_commit(root=None) -> str:
-    "Short commit of the checkout (with `-dirty` when code, not results under figures/, has uncommitted changes), or 'unknown'."
-    root = root or repo_root()
+# %% ../nbs/00d_results.ipynb #961ecb4a
+def code_root() -> Path:
+    "The folder above the imported `ebm_nb` package: the checkout whose code actually runs."
+    import ebm_nb
+
+    return Path(ebm_nb.__file__).resolve().parents[1]
+
+# %% ../nbs/00d_results.ipynb #62ef990e
+def git_commit(
+    root=None,  # a checkout; default: the one the imported `ebm_nb` comes from, not the working directory
+) -> str:
+    """Short commit of the checkout (with `-dirty` when code, not results under figures/, has uncommitted changes),
+    or 'unknown' (e.g. an installed copy that is no checkout)."""
+    root = root or code_root()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
@@ -34,7 +44,7 @@ def git_commit(root=None) -> str:
     except Exception:
         return "unknown"
 
-
+# %% ../nbs/00d_results.ipynb #35f1e9a7
 def versions() -> dict:
     "Versions of Python and the main packages."
     import numpy, scipy, sklearn
@@ -50,7 +60,7 @@ def versions() -> dict:
         "ebm_nb": ebm_nb_version,
     }
 
-
+# %% ../nbs/00d_results.ipynb #d03a4aca
 def device_name(device) -> str:
     "A human name for a device: the GPU model or the CPU."
     device = torch.device(device)
@@ -58,7 +68,7 @@ def device_name(device) -> str:
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
-
+# %% ../nbs/00d_results.ipynb #d13a5633
 def run_meta(
     scale: str,  # the scale the run used
     dataset: str,  # its dataset
@@ -82,7 +92,7 @@ def run_meta(
         **extra,
     }
 
-# %% ../nbs/00d_results.ipynb #ea2ab690
+# %% ../nbs/00d_results.ipynb #5aa2738f
 def check(claim: str, paper, ours, holds: bool, note: str = "") -> dict:
     "One claim of a paper as data: what it says (`paper`), what we measured (`ours`), whether it `holds`, and why."
     if not isinstance(claim, str) or not claim.strip():
@@ -91,13 +101,13 @@ def check(claim: str, paper, ours, holds: bool, note: str = "") -> dict:
         raise TypeError(f"holds must be True or False for {claim!r}, got {holds!r}.")
     return {"claim": claim, "paper": _jsonable(paper), "ours": _jsonable(ours), "holds": bool(holds), "note": note}
 
-
+# %% ../nbs/00d_results.ipynb #bca39a15
 def _fmt(v):
     if isinstance(v, float):
         return "" if v != v else f"{v:.4g}"
     return "" if v is None else str(v)
 
-
+# %% ../nbs/00d_results.ipynb #e9bf22f3
 def markdown_table(rows: list[dict]) -> str:
     "A GitHub-flavoured markdown table of `rows` (columns in first-seen order)."
     cols = list(dict.fromkeys(k for r in rows for k in r))
@@ -105,7 +115,7 @@ def markdown_table(rows: list[dict]) -> str:
     out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(out)
 
-
+# %% ../nbs/00d_results.ipynb #3ce70959
 def _jsonable(v):
     if isinstance(v, (np.generic, torch.Tensor)):
         return v.item()
@@ -113,7 +123,7 @@ def _jsonable(v):
         return str(v)
     return v
 
-
+# %% ../nbs/00d_results.ipynb #7eda6e62
 def write_results(path, rows, meta: dict, notes: str = "", checks: list[dict] | None = None) -> dict:
     "Write `rows` (list of dicts or DataFrame), `meta` and the paper's `checks` to `path` + `.json`, `.csv`, `.md`."
     import pandas as pd
@@ -149,7 +159,8 @@ def write_results(path, rows, meta: dict, notes: str = "", checks: list[dict] | 
 
 # %% ../nbs/00d_results.ipynb #f0609bd9
 def results_dir(paper: str, scale: str, out_dir=None) -> Path:
-    "Folder a paper notebook writes to: `out_dir` if given, `figures/_smoke/<paper>` (ignored by git) at smoke, else `figures/<paper>`."
+    """Folder a paper notebook writes to: `out_dir` if given, `figures/_smoke/<paper>` (ignored by git) at smoke, else
+    `figures/<paper>`."""
     check_choice("scale", scale, SCALES)
     if out_dir is not None:
         return Path(out_dir)
@@ -157,7 +168,8 @@ def results_dir(paper: str, scale: str, out_dir=None) -> Path:
 
 
 def show_table(rows, digits: int = 3, columns: list[str] | None = None):
-    "A rendered, rounded table of `rows` (list of dicts or DataFrame) for a notebook: a pandas `Styler` without the index."
+    """A rendered, rounded table of `rows` (list of dicts or DataFrame) for a notebook: a pandas `Styler` without the
+    index."""
     import pandas as pd
 
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])

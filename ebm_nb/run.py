@@ -10,15 +10,15 @@ from .core import DEVICES, SCALES, check_choice, check_int, quiet, repo_root
 from .results import markdown_table
 
 # %% auto #0
-__all__ = ['papers_dir', 'list_papers', 'find_notebooks', 'notebook_parameters', 'check_run_parameters', 'NotebookFailed',
-           'run_notebook', 'last_wall_times', 'list_notebooks', 'main']
+__all__ = ['COUNTS', 'COUNTS_OR_NONE', 'papers_dir', 'list_papers', 'find_notebooks', 'notebook_parameters',
+           'check_run_parameters', 'NotebookFailed', 'run_notebook', 'last_wall_times', 'list_notebooks', 'main']
 
-# %% ../nbs/07_run.ipynb #6c5cd2a7
+# %% ../nbs/07_run.ipynb #aabf3649
 def papers_dir() -> Path:
     "The folder holding one sub-folder of notebooks per paper."
     return repo_root() / "nbs" / "papers"
 
-
+# %% ../nbs/07_run.ipynb #37d8b5db
 def list_papers(root=None) -> list[str]:
     "Names of the papers that have notebooks."
     root = Path(root or papers_dir())
@@ -28,7 +28,7 @@ def list_papers(root=None) -> list[str]:
         p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and any(p.glob("*.ipynb"))
     )
 
-
+# %% ../nbs/07_run.ipynb #38c5a97c
 def find_notebooks(paper: str = "all", root=None) -> list[Path]:
     "Paper notebooks for `paper` (or every paper with `all`), sorted."
     root = Path(root or papers_dir())
@@ -37,7 +37,7 @@ def find_notebooks(paper: str = "all", root=None) -> list[Path]:
         papers = [check_choice("paper", paper, papers + ["all"])]
     return [nb for p in papers for nb in sorted((root / p).glob("*.ipynb")) if not nb.name.startswith(("_", "."))]
 
-
+# %% ../nbs/07_run.ipynb #580275ff
 def notebook_parameters(path) -> dict:
     "The parameters a notebook declares in its `parameters` cell, with their defaults (as source text)."
     import papermill as pm
@@ -45,9 +45,16 @@ def notebook_parameters(path) -> dict:
     return {k: v["default"] for k, v in pm.inspect_notebook(str(path)).items()}
 
 # %% ../nbs/07_run.ipynb #e1b0710b
+COUNTS = ("seeds", "workers", "reps", "n_chains")  # count knobs of paper notebooks: positive integers
+COUNTS_OR_NONE = ("seeds_8g", "seeds_other")  # the same, or None for the scale's default
+
+
 def check_run_parameters(parameters: dict) -> dict:
-    "Check the parameters paper notebooks share (scale, device, seed, workers, out_dir) before any work; return them."
+    "Check the parameters paper notebooks share (scale, device, seeds, counts, out_dir) before any work; return them."
     p = dict(parameters)
+    for k in COUNTS + COUNTS_OR_NONE:
+        if k in p and not (k in COUNTS_OR_NONE and p[k] is None):
+            check_int(k, p[k], low=1)
     if "scale" in p:
         check_choice("scale", p["scale"], SCALES)
     d = p.get("device", "auto")
@@ -55,19 +62,17 @@ def check_run_parameters(parameters: dict) -> dict:
         raise ValueError(f"Unknown device {d!r}; valid values are: {', '.join(DEVICES)}, cuda:N.")
     if "seed" in p:
         check_int("seed", p["seed"], low=0)
-    if "workers" in p:
-        check_int("workers", p["workers"], low=1)
     if isinstance(p.get("out_dir"), os.PathLike):
         p["out_dir"] = os.fspath(p["out_dir"])
     if p.get("out_dir") is not None and not isinstance(p["out_dir"], str):
         raise ValueError(f"out_dir must be a folder path (a string) or None, got {p['out_dir']!r}.")
     return p
 
-# %% ../nbs/07_run.ipynb #8a3da3ba
+# %% ../nbs/07_run.ipynb #92d0808d
 class NotebookFailed(RuntimeError):
     "A paper notebook raised an error; the message names the notebook, the cell and the error."
 
-
+# %% ../nbs/07_run.ipynb #66651afd
 def _check_parameters(path, parameters):
     declared = notebook_parameters(path)
     unknown = sorted(set(parameters) - set(declared))
@@ -76,7 +81,7 @@ def _check_parameters(path, parameters):
             f"{Path(path).name} has no parameter(s) {unknown}; it declares: {', '.join(declared) or 'none'}."
         )
 
-
+# %% ../nbs/07_run.ipynb #6a4aa330
 def _code_cell_number(path, source) -> int | str:
     "1-based position among the source notebook's code cells of the cell with `source` (papermill adds one)."
     import nbformat
@@ -84,7 +89,7 @@ def _code_cell_number(path, source) -> int | str:
     code = [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
     return code.index(source) + 1 if source in code else "?"
 
-
+# %% ../nbs/07_run.ipynb #803334f7
 def run_notebook(
     path, scale: str = "quick", parameters: dict | None = None, runs_dir=None, kernel: str = "python3"
 ) -> dict:
@@ -126,7 +131,7 @@ def run_notebook(
         "executed": str(out),
     }
 
-# %% ../nbs/07_run.ipynb #c7065fd6
+# %% ../nbs/07_run.ipynb #c3905113
 def last_wall_times(nb, tables: list[dict], notebooks=None) -> dict:
     "`{scale: wall_time_s}` of the most recent committed table notebook `nb` wrote at each scale (SCALES order)."
     from ebm_nb.report import notebook_of
@@ -146,7 +151,7 @@ def last_wall_times(nb, tables: list[dict], notebooks=None) -> dict:
     order = list(SCALES) + sorted(set(last) - set(SCALES), key=str)
     return {s: last[s][1] for s in order if s in last}
 
-
+# %% ../nbs/07_run.ipynb #50b07683
 def list_notebooks(nbs: list, figures_dir=None, notebooks=None) -> str:
     "The text of `ebm-nb --list`: per notebook its purpose, last wall time per scale and parameters; benchmarks apart."
     from ebm_nb.report import BENCHMARKS, format_seconds, load_tables, notebook_purpose
@@ -179,14 +184,14 @@ def list_notebooks(nbs: list, figures_dir=None, notebooks=None) -> str:
         out += block(nb)
     return "\n".join(out)
 
-# %% ../nbs/07_run.ipynb #908af1a0
+# %% ../nbs/07_run.ipynb #8c42ebf5
 def _literal(s: str):
     try:
         return ast.literal_eval(s)
     except (ValueError, SyntaxError):
         return s
 
-
+# %% ../nbs/07_run.ipynb #3c63e9ef
 def _parse(argv):
     ap = argparse.ArgumentParser(
         prog="ebm-nb",
@@ -203,7 +208,7 @@ def _parse(argv):
     ap.add_argument("--runs-dir", default=None, help="where executed notebooks go (default nbs/_runs)")
     return ap.parse_args(argv)
 
-
+# %% ../nbs/07_run.ipynb #4fb3ab13
 def _run_parameters(a) -> tuple[dict, str]:
     "The `-p` parameters (checked) and the one scale, from `--scale` and/or `-p scale`."
     params = {}
@@ -211,13 +216,15 @@ def _run_parameters(a) -> tuple[dict, str]:
         if k in params:
             raise ValueError(f"-p {k} is given twice ({params[k]!r} and {_literal(v)!r}); give it once.")
         params[k] = _literal(v)
+    if "scale" in params:  # a scale that does not exist is the first thing to say
+        check_choice("scale", params["scale"], SCALES)
     if "scale" in params and a.scale is not None and params["scale"] != a.scale:
         raise ValueError(f"--scale {a.scale!r} and -p scale {params['scale']!r} disagree; give the scale once.")
     scale = params.pop("scale", a.scale or "quick")
     check_run_parameters({**params, "scale": scale})
     return params, scale
 
-
+# %% ../nbs/07_run.ipynb #0ce45136
 def _select(a) -> list[Path]:
     "The notebooks `--paper` and `--notebook` pick, or a `ValueError` naming the value and what exists."
     nbs = find_notebooks(a.paper, a.papers_dir)
@@ -237,7 +244,7 @@ def _select(a) -> list[Path]:
         nbs = chosen
     return nbs
 
-
+# %% ../nbs/07_run.ipynb #03f379c8
 def main(argv=None) -> int:
     "Command-line entry point (`ebm-nb`, `ebm-nb report`); returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)

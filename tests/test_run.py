@@ -126,8 +126,9 @@ def test_list_purpose_wall_time_and_benchmarks_apart(tmp_path, capsys):
     _demo(tmp_path, name="plain", purpose="")
     figs = tmp_path / "figures"
     (figs / "demo").mkdir(parents=True); (figs / "_smoke" / "demo").mkdir(parents=True)
-    def put(path, scale, wall, date):
-        path.write_text(json.dumps({"meta": {"scale": scale, "wall_time_s": wall, "date": date}, "rows": [{"a": 1}]}))
+    def put(path, scale, wall, date):  # each table names the notebook that wrote it
+        meta = {"scale": scale, "wall_time_s": wall, "date": date, "notebook": "demo/t.ipynb"}
+        path.write_text(json.dumps({"meta": meta, "rows": [{"a": 1}]}))
     put(figs / "demo" / "tab.json", "quick", 1569.6, "2026-11-30 01:00:00")
     put(figs / "demo" / "other_gpu.json", "gpu", 300.0, "2026-11-29 01:00:00")
     put(figs / "demo" / "other_quick.json", "quick", 100.0, "2026-11-29 01:00:00")  # older quick run: not the last
