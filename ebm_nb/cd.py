@@ -4,16 +4,14 @@
 
 # %% ../nbs/10_cd.ipynb #32937ba4
 from __future__ import annotations
-from dataclasses import dataclass, asdict
+import math
+from dataclasses import dataclass
 import torch
-from torch import nn
-from .core import check_choice, check_positive, pick_device
-from .presets import register_preset
+from fastcore.basics import patch
+from .core import check_choice, check_positive, pick_device, seed_everything
+from .presets import EvalSizes, get_preset, register_preset
 from .nets import MLPEnergy, ConvEnergy
 from .sampling import ReplayBuffer, from_buffer, from_data, from_noise, langevin
-import math
-from .core import seed_everything
-from .presets import get_preset
 from .data import TOY_BOUND, sample_toy
 from .metrics import toy_eval
 from .training import train
@@ -92,57 +90,69 @@ class CD:
     def energy(self, x):
         return self.net(x)
 
-    def chain(self, x, steps=None):
-        "Run the Langevin chain from `x`; returns detached samples."
-        c = self.cfg
-        return langevin(
-            self.net,
-            x.to(self.device),
-            c.steps if steps is None else steps,
-            c.step_size,
-            c.noise,
-            generator=self.gen,
-            clamp=(0.0, 1.0) if self.images else None,
-            grad_clip=c.grad_clip,
-        )
+# %% ../nbs/10_cd.ipynb #35c6015c
+@patch
+def chain(self: CD, x, steps=None):
+    "Run the Langevin chain from `x`; returns detached samples."
+    c = self.cfg
+    return langevin(
+        self.net,
+        x.to(self.device),
+        c.steps if steps is None else steps,
+        c.step_size,
+        c.noise,
+        generator=self.gen,
+        clamp=(0.0, 1.0) if self.images else None,
+        grad_clip=c.grad_clip,
+    )
 
-    def negatives(self, x_pos):
-        "The chain of `cfg.init`: from noise, from the batch (CD-k) or persistent from the buffer (written back)."
-        if self.buffer is None:
-            return self.chain(from_data(x_pos) if self.cfg.init == "data" else self.noise(len(x_pos)))
-        x0, idx = from_buffer(self.buffer, len(x_pos), self.gen)
-        x = self.chain(x0)
-        self.buffer.update(idx, x)
-        return x
 
-    def step(self, batch) -> dict:
-        "One CD update; the logged values stay on the device (0-dim tensors) until the training loop reads them."
-        x_pos = batch.to(self.device)
-        x_neg = self.negatives(x_pos)
-        e_pos, e_neg = self.net(x_pos), self.net(x_neg)
-        loss = e_pos.mean() - e_neg.mean() + self.cfg.alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.detach(), "energy_pos": e_pos.mean().detach(), "energy_neg": e_neg.mean().detach()}
+@patch
+def negatives(self: CD, x_pos):
+    "The chain of `cfg.init`: from noise, from the batch (CD-k) or persistent from the buffer (written back)."
+    if self.buffer is None:
+        return self.chain(from_data(x_pos) if self.cfg.init == "data" else self.noise(len(x_pos)))
+    x0, idx = from_buffer(self.buffer, len(x_pos), self.gen)
+    x = self.chain(x0)
+    self.buffer.update(idx, x)
+    return x
 
-    def sample(self, n: int, steps: int | None = None) -> torch.Tensor:
-        "Fresh samples: Langevin from noise with `steps` (default `cfg.sample_steps` or `cfg.steps`)."
-        steps = steps if steps is not None else (self.cfg.sample_steps or self.cfg.steps)
-        return self.chain(self.noise(n), steps).cpu()
+# %% ../nbs/10_cd.ipynb #d16b0eb5
+@patch
+def step(self: CD, batch) -> dict:
+    "One CD update; the logged values stay on the device (0-dim tensors) until the training loop reads them."
+    x_pos = batch.to(self.device)
+    x_neg = self.negatives(x_pos)
+    e_pos, e_neg = self.net(x_pos), self.net(x_neg)
+    loss = e_pos.mean() - e_neg.mean() + self.cfg.alpha * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach(), "energy_pos": e_pos.mean().detach(), "energy_neg": e_neg.mean().detach()}
 
-    def state_dict(self) -> dict:
-        sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
-        if self.buffer is not None:
-            sd["buffer"] = self.buffer.state_dict()
-        return sd
+# %% ../nbs/10_cd.ipynb #8b08938f
+@patch
+def sample(self: CD, n: int, steps: int | None = None) -> torch.Tensor:
+    "Fresh samples: Langevin from noise with `steps` (default `cfg.sample_steps` or `cfg.steps`)."
+    steps = steps if steps is not None else (self.cfg.sample_steps or self.cfg.steps)
+    return self.chain(self.noise(n), steps).cpu()
 
-    def load_state_dict(self, sd: dict):
-        self.net.load_state_dict(sd["net"])
-        self.opt.load_state_dict(sd["opt"])
-        self.gen.set_state(sd["gen"])
-        if self.buffer is not None:
-            self.buffer.load_state_dict(sd["buffer"])
+# %% ../nbs/10_cd.ipynb #fd2276f4
+@patch
+def state_dict(self: CD) -> dict:
+    sd = {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+    if self.buffer is not None:
+        sd["buffer"] = self.buffer.state_dict()
+    return sd
+
+
+@patch
+def load_state_dict(self: CD, sd: dict):
+    self.net.load_state_dict(sd["net"])
+    self.opt.load_state_dict(sd["opt"])
+    self.gen.set_state(sd["gen"])
+    if self.buffer is not None:
+        self.buffer.load_state_dict(sd["buffer"])
 
 # %% ../nbs/10_cd.ipynb #953e34fa
 for _scale, _kw in {
@@ -154,8 +164,28 @@ for _scale, _kw in {
     register_preset("cd", _scale, "toy2d", CDConfig(step_size=0.02, alpha=0.1, **_kw))
 
 # %% ../nbs/10_cd.ipynb #ffaf08f3
-def toy_job(row: dict, seed: int, scale: str = "quick", n_train: int = 20000, n_eval: int = 5000, device="cpu") -> dict:
-    "Train CD on the toy `row['toy']` with one seed and score it; the model, history and samples come back under `_` keys."
+for _scale, (_n_train, _n_eval) in {
+    "smoke": (5000, 1000),
+    "quick": (20000, 5000),
+    "gpu": (50000, 10000),
+    "paper": (50000, 10000),
+}.items():
+    register_preset("cd_eval", _scale, "toy2d", EvalSizes(n_eval=_n_eval, n_train=_n_train))
+
+# %% ../nbs/10_cd.ipynb #084ffc84
+def toy_job(
+    row: dict,  # a protocol row: `toy`, optional `overrides` of the `cd` preset
+    seed: int,  # the training seed
+    *,
+    device="cpu",  # where to train
+    scale: str = "quick",  # the preset's scale
+    n_train: int | None = None,  # training points; None: the `cd_eval` preset of the scale
+    n_eval: int | None = None,  # samples scored; None: the `cd_eval` preset of the scale
+) -> dict:
+    """Train CD on the toy `row['toy']` with one seed and score it; the model, history and samples come back under
+    `_` keys."""
+    ev = get_preset("cd_eval", scale, "toy2d")
+    n_train, n_eval = n_train or ev.n_train, n_eval or ev.n_eval
     toy, cfg = row["toy"], get_preset("cd", scale, "toy2d", **row.get("overrides", {}))
     g = seed_everything(seed)
     data = sample_toy(toy, n_train, generator=g)
