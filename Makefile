@@ -10,7 +10,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: test reproduce bench report lab test-lab chromium export env data sync clean
+.PHONY: test lint reproduce bench report lab test-lab chromium export env data sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,12 @@ sync: env
 	@diff $(VENV)/.sync_before $(VENV)/.sync_after >/dev/null || { echo "nbdev-export/nbdev-clean changed files: export, clean and commit them:"; diff $(VENV)/.sync_before $(VENV)/.sync_after; exit 1; }
 	@echo "notebooks and ebm_nb/ are in sync"
 
-test: sync
-	EBM_NB_QUIET=1 $(BIN)/python -m pytest -n 2 -q tests
+# Lint first (seconds): line length, one statement per line, unused imports, over ebm_nb/ and the notebooks.
+lint: env
+	$(BIN)/ruff check ebm_nb nbs
+
+test: sync lint
+	EBM_NB_QUIET=1 $(BIN)/python -m pytest -n 2 -q --durations=15 tests
 
 reproduce: env
 	$(BIN)/python -m ebm_nb.run --paper $(PAPER) --scale $(SCALE)
