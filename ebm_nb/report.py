@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, json, math, os, sys
 from pathlib import Path
 from .core import atomic_write_text, repo_root
+from .results import VERDICTS, tally
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
@@ -116,7 +117,7 @@ def table_checks(meta: dict) -> list[dict]:
             "claim": c.get("claim", "?"),
             "paper": c.get("paper"),
             "ours": c.get("ours"),
-            "holds": bool(c.get("holds")),
+            "holds": None if c.get("holds") is None else bool(c["holds"]),
             "note": c.get("note") or "",
         }
         for c in checks
@@ -124,14 +125,14 @@ def table_checks(meta: dict) -> list[dict]:
 
 # %% ../nbs/15_report.ipynb #6e95e0f1
 def checks_markdown(checks: list[dict]) -> str:
-    "The claims as a table of verdicts (`yes` / `NO`), or a sentence saying there are none."
+    "The claims as a table of verdicts (`yes` / `NO` / `not testable`), or a sentence saying there are none."
     if not checks:
         return "No checks recorded."
     out = ["| holds | claim | paper | ours | note |", "|---|---|---|---|---|"]
     return "\n".join(
         out
         + [
-            f"| {'yes' if c['holds'] else 'NO'} | {format_cell(c['claim'])} | {format_cell(c['paper'])} | "
+            f"| {VERDICTS[c['holds']]} | {format_cell(c['claim'])} | {format_cell(c['paper'])} | "
             f"{format_cell(c['ours'])} | {format_cell(c['note'])} |"
             for c in checks
         ]
@@ -175,7 +176,7 @@ def _figures(folder: Path, stems: list[str]) -> dict:
 
 # %% ../nbs/15_report.ipynb #a798a12f
 def _verdicts(checks) -> str:
-    return f"{sum(c['holds'] for c in checks)} of {len(checks)}" if checks else "none recorded"
+    return tally(checks) if checks else "none recorded"
 
 # %% ../nbs/15_report.ipynb #3321e570
 def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
@@ -230,7 +231,9 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
     if not tables:
         out += ["No result tables yet: run `ebm-nb --scale quick` (or `make reproduce`).", ""]
     else:
-        out += ["| table | scale | device | wall time | claims that hold |", "|---|---|---|---|---|"]
+        every = [c for t in tables for c in table_checks(t["meta"])]
+        out += [f"Claims of the papers, over all tables: {tally(every)}.", ""]
+        out += ["| table | scale | device | wall time | claims |", "|---|---|---|---|---|"]
         for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"])):
             name, m = f"{t['paper']}/{t['stem']}", t["meta"]
             out.append(

@@ -11,8 +11,8 @@ import torch
 from .core import SCALES, atomic_write_text, check_choice, repo_root
 
 # %% auto #0
-__all__ = ['code_root', 'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'markdown_table', 'write_results',
-           'results_dir', 'show_table', 'readings']
+__all__ = ['VERDICTS', 'code_root', 'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'tally', 'markdown_table',
+           'write_results', 'results_dir', 'show_table', 'readings']
 
 # %% ../nbs/00d_results.ipynb #961ecb4a
 def code_root() -> Path:
@@ -93,13 +93,38 @@ def run_meta(
     }
 
 # %% ../nbs/00d_results.ipynb #5aa2738f
-def check(claim: str, paper, ours, holds: bool, note: str = "") -> dict:
-    "One claim of a paper as data: what it says (`paper`), what we measured (`ours`), whether it `holds`, and why."
+VERDICTS = {True: "yes", False: "NO", None: "not testable"}  # how a claim's `holds` reads
+
+
+def check(
+    claim: str,  # the paper's claim, as a sentence
+    paper,  # what the paper reports
+    ours,  # what we measured
+    holds: bool | None,  # True / False, or None: not testable at this scale (say why in `note`)
+    note: str = "",  # how to read it: the noise, the protocol difference, why it cannot be tested
+) -> dict:
+    """One claim of a paper as data: what it says (`paper`), what we measured (`ours`), whether it `holds`, and why.
+    A claim between models below the sample-quality floor, or a difference inside the noise, is neither yes nor
+    NO: `holds=None` with the reason in `note`."""
     if not isinstance(claim, str) or not claim.strip():
         raise ValueError(f"A check needs a claim sentence, got {claim!r}.")
-    if not isinstance(holds, (bool, np.bool_)):
-        raise TypeError(f"holds must be True or False for {claim!r}, got {holds!r}.")
-    return {"claim": claim, "paper": _jsonable(paper), "ours": _jsonable(ours), "holds": bool(holds), "note": note}
+    if holds is not None and not isinstance(holds, (bool, np.bool_)):
+        raise TypeError(f"holds must be True, False or None (not testable) for {claim!r}, got {holds!r}.")
+    if holds is None and not note.strip():
+        raise ValueError(f"A claim that is not testable needs the reason in `note`: {claim!r}.")
+    held = None if holds is None else bool(holds)
+    return {"claim": claim, "paper": _jsonable(paper), "ours": _jsonable(ours), "holds": held, "note": note}
+
+# %% ../nbs/00d_results.ipynb #51fffd44
+def tally(checks: list[dict]) -> str:
+    "How many claims hold, fail and cannot be tested, in words: '3 of 5 hold, 1 fails, 1 not testable'."
+    n = {v: sum(c["holds"] is v for c in checks) for v in (True, False, None)}
+    out = [f"{n[True]} of {len(checks)} hold"]
+    if n[False]:
+        out.append(f"{n[False]} {'fails' if n[False] == 1 else 'fail'}")
+    if n[None]:
+        out.append(f"{n[None]} not testable")
+    return ", ".join(out)
 
 # %% ../nbs/00d_results.ipynb #bca39a15
 def _fmt(v):
@@ -145,7 +170,7 @@ def write_results(path, rows, meta: dict, notes: str = "", checks: list[dict] | 
         f"{k}: {meta[k]}" for k in ("scale", "dataset", "device", "seed", "commit", "wall_time_s") if k in meta
     )
     verdicts = "".join(
-        f"\n- {'yes' if c['holds'] else 'NO'}: {c['claim']} (paper {_fmt(c['paper'])}, ours {_fmt(c['ours'])})"
+        f"\n- {VERDICTS[c['holds']]}: {c['claim']} (paper {_fmt(c['paper'])}, ours {_fmt(c['ours'])})"
         + (f"; {c['note']}" if c["note"] else "")
         for c in meta.get("checks", [])
     )

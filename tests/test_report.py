@@ -37,7 +37,7 @@ def test_builder_on_a_folder(tmp_path):
     assert [(t["paper"], t["stem"]) for t in load_tables(figs)] == [("gcd", "table1"), ("toy", "land")]
     text = build_index(figs)
     assert "smoky" not in text                                                       # _smoke ignored
-    assert "| [gcd/table1](#gcdtable1) | quick | cpu (x86_64, 2 threads) | 26 min | 1 of 2 |" in text
+    assert "| [gcd/table1](#gcdtable1) | quick | cpu (x86_64, 2 threads) | 26 min | 1 of 2 hold, 1 fails |" in text
     assert "| [toy/land](#toyland) | quick | cpu (x86_64, 2 threads) | 125 s | none recorded |" in text
     assert "| method | sw | paper_sw | sw_std | paper_sw_std | auc |" in text            # paper_* beside ours
     assert "| DDPM | 0.7761 | 0.967 | 0.0052 | 0.005 |  |" in text                        # rounded, NaN blank
