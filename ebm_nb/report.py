@@ -186,7 +186,12 @@ def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
         out += [
             f"> {notebook_purpose(nb)}",
             "",
-            f"Notebook: [`{nb.parent.name}/{nb.name}`]({Path(os.path.relpath(nb, root)).as_posix()})",
+            f"Notebook: [`{nb.parent.name}/{nb.name}`]({Path(os.path.relpath(nb, root)).as_posix()})"
+            + (
+                f"; executed, with its outputs: [{nb.name}]({paper}/{nb.name})"
+                if (root / paper / nb.name).exists()
+                else ""
+            ),
             "",
         ]
     run = [f"{k} {format_cell(m[k])}" for k in ("scale", "dataset", "device", "seed", "commit") if k in m]

@@ -6,12 +6,13 @@
 from __future__ import annotations
 import argparse, ast, os, re, sys, time
 from pathlib import Path
-from .core import DEVICES, SCALES, check_choice, check_int, quiet, repo_root
+from .core import DEVICES, SCALES, atomic_write_text, check_choice, check_int, quiet, repo_root
 from .results import markdown_table
 
 # %% auto #0
 __all__ = ['COUNTS', 'COUNTS_OR_NONE', 'papers_dir', 'list_papers', 'find_notebooks', 'notebook_parameters',
-           'check_run_parameters', 'NotebookFailed', 'run_notebook', 'last_wall_times', 'list_notebooks', 'main']
+           'check_run_parameters', 'NotebookFailed', 'run_notebook', 'publish_executed', 'last_wall_times',
+           'list_notebooks', 'main']
 
 # %% ../nbs/07_run.ipynb #aabf3649
 def papers_dir() -> Path:
@@ -130,6 +131,27 @@ def run_notebook(
         "seconds": round(time.time() - t0, 1),
         "executed": str(out),
     }
+
+# %% ../nbs/07_run.ipynb #dd71c8f5
+def publish_executed(
+    executed,  # the notebook papermill wrote
+    dest_dir,  # the folder of its result tables
+    name: str,  # the file name to give it, e.g. 'ablation.ipynb'
+    papers=None,  # the folder of the paper folders, when it is not the repository's nbs/papers
+) -> Path:
+    "Copy an executed notebook beside its results, with this machine's absolute paths replaced; return the copy."
+    executed, dest = Path(executed), Path(dest_dir) / name
+    text = executed.read_text()
+    swaps = [(executed.parent.resolve(), "<runs>"), (Path(papers or papers_dir()).resolve(), "<papers>")]
+    if not dest.parent.resolve().is_relative_to(repo_root().resolve()):  # an out_dir outside the repository
+        swaps.append((dest.parent.resolve(), "<out_dir>"))
+    swaps += [(repo_root().resolve(), "<repo>"), (Path.home(), "<home>")]
+    for path, tag in swaps:
+        if str(path) not in ("/", ""):
+            text = text.replace(str(path), tag)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest, text)
+    return dest
 
 # %% ../nbs/07_run.ipynb #c3905113
 def last_wall_times(nb, tables: list[dict], notebooks=None) -> dict:
@@ -269,6 +291,10 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(nbs)}] {nb.parent.name}/{nb.name} at scale {scale}", flush=True)
         try:
             rows.append(run_notebook(nb, scale, params, a.runs_dir))
+            if scale != "smoke":  # committed results get their executed notebook beside them
+                dest = params.get("out_dir") or repo_root() / "figures" / nb.parent.name
+                copy = publish_executed(rows[-1]["executed"], dest, nb.name, nb.parent.parent)
+                rows[-1]["executed"] = str(copy)
         except (NotebookFailed, ValueError) as e:
             print(f"  FAILED: {e}", file=sys.stderr, flush=True)
             rows.append({"notebook": f"{nb.parent.name}/{nb.name}", "scale": scale, "status": f"FAILED: {e}"})

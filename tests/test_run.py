@@ -142,3 +142,15 @@ def test_list_purpose_wall_time_and_benchmarks_apart(tmp_path, capsys):
     papers, bench = out.index("Paper notebooks"), out.index("Benchmarks")
     assert papers < out.index("demo/t.ipynb") < bench < out.index("benchmarks/bench.ipynb: Time things.")
     assert "benchmarks/bench.ipynb" not in out[:bench] and "no committed run" in out[bench:]
+
+
+def test_executed_copy_beside_the_results(tmp_path, capsys):
+    "Above smoke, `ebm-nb` puts the executed notebook beside its tables, without this machine's absolute paths."
+    _demo(tmp_path, body=("print(scale)", "import os; print(os.getcwd())"))
+    out = tmp_path / "out"
+    assert main(_args(tmp_path, "--scale", "quick", "-p", "out_dir", str(out))) == 0
+    copy = out / "t.ipynb"
+    text = copy.read_text()
+    assert copy.exists() and str(tmp_path) not in text and "<runs>" in text, text[:2000]
+    assert main(_args(tmp_path, "--scale", "smoke", "-p", "out_dir", str(tmp_path / "smoke"))) == 0
+    assert not (tmp_path / "smoke").exists()  # smoke results are not committed, nor is their notebook
