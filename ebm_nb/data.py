@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from .core import check_choice, data_dir, check_int
 
 # %% auto #0
-__all__ = ['TOYS', 'TOY_BOUND', 'MIXTURE_TOYS', 'DIGIT_SIZES', 'FMNIST_FILES', 'FMNIST_SHA256', 'FMNIST_SYSTEM_DIR',
-           'FMNIST_CLASSES', 'SPLITS', 'TV_DATASETS', 'TV_SPLITS', 'TV_LAYOUT', 'OOD_SETS', 'toy_mixture', 'sample_toy',
+__all__ = ['TOYS', 'TOY_BOUND', 'MIXTURE_TOYS', 'DIGIT_SIZES', 'FMNIST_FILES', 'FMNIST_SHA256', 'FMNIST_SYSTEM_DIR', 'SPLITS',
+           'FMNIST_CLASSES', 'TV_DATASETS', 'TV_SPLITS', 'TV_LAYOUT', 'OOD_SETS', 'toy_mixture', 'sample_toy',
            'toy_log_density', 'load_digits', 'fmnist_dirs', 'read_idx', 'write_idx', 'sha256', 'download_fashion_mnist',
            'load_fashion_mnist', 'to_float', 'celeba_transform', 'load_torchvision', 'dataset_tensors', 'ood_sets',
            'dequantize', 'batches']
@@ -33,7 +33,7 @@ def toy_mixture(name: str) -> tuple[torch.Tensor, float]:
     g = 2.0 * torch.arange(-2, 3, dtype=torch.float64)
     return (torch.cartesian_prod(g, g) / 2.828).float(), 0.05 / 2.828
 
-# %% ../nbs/01_data.ipynb #c06be0e5
+# %% ../nbs/01_data.ipynb #265b22ab
 def _u(n, g, *shape):
     return torch.rand(n, *shape, generator=g)
 
@@ -45,21 +45,21 @@ def _z(n, g, *shape):
 def _k(k, n, g):
     return torch.randint(k, (n,), generator=g)
 
-
+# %% ../nbs/01_data.ipynb #67caa71c
 def _rings(n, g):
     "Four concentric circles, radii 3, 2.25, 1.5, 0.75, noise std 0.08."
     r = 0.75 * (_k(4, n, g) + 1).float()
     a = 2 * math.pi * _u(n, g)
     return r[:, None] * torch.stack([a.cos(), a.sin()], 1) + 0.08 * _z(n, g, 2)
 
-
+# %% ../nbs/01_data.ipynb #412b342f
 def _checkerboard(n, g):
     "Uniform on the 32 dark squares of an 8x8 checkerboard over [-4,4]^2."
     x1 = 4 * _u(n, g) - 2
     x2 = _u(n, g) - 2 * _k(2, n, g) + torch.floor(x1) % 2
     return 2 * torch.stack([x1, x2], 1)
 
-
+# %% ../nbs/01_data.ipynb #702b2eb5
 def _spirals(n, g):
     "Two interleaved spirals of 1.5 turns, noise std 0.1."
     t = _u(n, g).sqrt() * 3 * math.pi
@@ -67,13 +67,13 @@ def _spirals(n, g):
     sign = 2 * _k(2, n, g).float() - 1
     return sign[:, None] * d / 3 + 0.1 * _z(n, g, 2)
 
-
+# %% ../nbs/01_data.ipynb #4207d853
 def _swissroll(n, g):
     "The 2D Swiss roll, t in [1.5pi, 4.5pi], noise std 1, divided by 5."
     t = 1.5 * math.pi * (1 + 2 * _u(n, g))
     return (torch.stack([t * t.cos(), t * t.sin()], 1) + _z(n, g, 2)) / 5
 
-
+# %% ../nbs/01_data.ipynb #bd5ef1e2
 def _moons(n, g):
     "Two interleaving half circles, noise std 0.1, scaled by 2 and centred."
     t = math.pi * _u(n, g)
@@ -82,7 +82,7 @@ def _moons(n, g):
     y = torch.where(lower, 0.5 - t.sin(), t.sin())
     return 2 * (torch.stack([x, y], 1) + 0.1 * _z(n, g, 2)) + torch.tensor([-1.0, -0.2])
 
-
+# %% ../nbs/01_data.ipynb #5498b215
 def _pinwheel(n, g):
     "Five curved arms (radial std 0.3, tangential std 0.1, rate 0.25), scaled by 2."
     f = _z(n, g, 2) * torch.tensor([0.3, 0.1])
@@ -90,7 +90,7 @@ def _pinwheel(n, g):
     a = 2 * math.pi * _k(5, n, g) / 5 + 0.25 * f[:, 0].exp()
     return 2 * torch.stack([f[:, 0] * a.cos() - f[:, 1] * a.sin(), f[:, 0] * a.sin() + f[:, 1] * a.cos()], 1)
 
-
+# %% ../nbs/01_data.ipynb #ce9fafb4
 _TOY_FNS = {
     "rings": _rings,
     "checkerboard": _checkerboard,
@@ -100,7 +100,7 @@ _TOY_FNS = {
     "pinwheel": _pinwheel,
 }
 
-# %% ../nbs/01_data.ipynb #0f8bb237
+# %% ../nbs/01_data.ipynb #cdae68d8
 def sample_toy(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     "`n` samples (float32, (n,2)) from the 2D toy distribution `name` (one of `TOYS`)."
     check_choice("toy", name, TOYS)
@@ -110,7 +110,7 @@ def sample_toy(name: str, n: int, generator: torch.Generator | None = None) -> t
         return (c[_k(len(c), n, generator)] + std * _z(n, generator, 2)).float()
     return _TOY_FNS[name](n, generator).float()
 
-
+# %% ../nbs/01_data.ipynb #cc517ebd
 def toy_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
     "Exact log-density (N,) of the mixture toy `name` at points `x` (N,2); a `ValueError` for toys without one."
     if name in TOYS and name not in MIXTURE_TOYS:
@@ -128,16 +128,16 @@ def toy_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
         out.append(torch.logsumexp(-d2 / (2 * std**2), 1) - math.log(len(c)) - math.log(2 * math.pi * std**2))
     return torch.cat(out).to(x.dtype if x.is_floating_point() else torch.float32)
 
-# %% ../nbs/01_data.ipynb #89737c1b
-DIGIT_SIZES = (8, 16, 28, 32)
-
-
+# %% ../nbs/01_data.ipynb #4381b4d1
 @functools.lru_cache(maxsize=1)
 def _digits_raw() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
     return torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0, torch.tensor(d.target, dtype=torch.long)
+
+# %% ../nbs/01_data.ipynb #fa1fbc9a
+DIGIT_SIZES = (8, 16, 28, 32)
 
 
 def load_digits(size: int = 8, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +154,7 @@ def load_digits(size: int = 8, generator: torch.Generator | None = None) -> tupl
         x, y = x[p], y[p]
     return x.clone(), y.clone()
 
-# %% ../nbs/01_data.ipynb #8a3fd6a9
+# %% ../nbs/01_data.ipynb #7cf3ef93
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -166,6 +166,9 @@ FMNIST_SHA256 = {
     "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
 }
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+SPLITS = ("train", "test")
+
+# %% ../nbs/01_data.ipynb #fcbbdc6d
 FMNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -178,18 +181,17 @@ FMNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-SPLITS = ("train", "test")
 
-
+# %% ../nbs/01_data.ipynb #17dcaca1
 def fmnist_dirs(root=None) -> list[Path]:
     "The folders searched for the Fashion-MNIST files, in order."
     if root is not None:
         return [Path(root)]
     return [data_dir() / "fashion-mnist", data_dir() / "FashionMNIST" / "raw", FMNIST_SYSTEM_DIR]
 
-# %% ../nbs/01_data.ipynb #f5ab2816
+# %% ../nbs/01_data.ipynb #be84d300
 def read_idx(path, fix: str = "get a good copy of it") -> torch.Tensor:
-    "Parse an (optionally gzipped) IDX file of unsigned bytes into a uint8 tensor; a broken file's error ends with `fix`."
+    "Parse an (optionally gzipped) IDX file of unsigned bytes into a uint8 tensor; a broken file's error ends in `fix`."
     path = Path(path)
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
@@ -210,7 +212,7 @@ def read_idx(path, fix: str = "get a good copy of it") -> torch.Tensor:
         )
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
 
-
+# %% ../nbs/01_data.ipynb #6bbad04b
 def write_idx(path, x: torch.Tensor):
     "Write a uint8 tensor as an IDX file (gzipped when `path` ends in .gz); for tests and small subsets."
     path = Path(path)
@@ -219,7 +221,7 @@ def write_idx(path, x: torch.Tensor):
     with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
         f.write(head + x.numpy().tobytes())
 
-
+# %% ../nbs/01_data.ipynb #e7a53893
 @functools.lru_cache(maxsize=None)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
@@ -228,13 +230,13 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
+# %% ../nbs/01_data.ipynb #39632f01
 def sha256(path) -> str:
     "SHA-256 hex digest of the file at `path` (computed once per process while the file is unchanged)."
     st = os.stat(path)
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
-# %% ../nbs/01_data.ipynb #d56e52a3
+# %% ../nbs/01_data.ipynb #b7ed91cb
 def _find_split(split: str, root=None) -> Path:
     dirs = fmnist_dirs(root)
     for d in dirs:
@@ -246,14 +248,14 @@ def _find_split(split: str, root=None) -> Path:
         f"{data_dir() / 'fashion-mnist'}, or pass download=True to fetch them through torchvision."
     )
 
-
+# %% ../nbs/01_data.ipynb #97d6905d
 def _fmnist_fix() -> str:
     return (
         "delete it and get a good copy: `apt-get install --reinstall dataset-fashion-mnist` (as root), the official "
         f".gz file in {data_dir() / 'fashion-mnist'}, or download=True to fetch the release through torchvision"
     )
 
-
+# %% ../nbs/01_data.ipynb #09dcf6e3
 @functools.lru_cache(maxsize=4)
 def _load_pair(folder: str, split: str, check_sha: bool, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     paths = [Path(folder) / f for f in FMNIST_FILES[split]]
@@ -273,7 +275,7 @@ def _load_pair(folder: str, split: str, check_sha: bool, stamp: tuple) -> tuple[
         )
     return x, y.long()
 
-
+# %% ../nbs/01_data.ipynb #1aa1b763
 def download_fashion_mnist(root=None) -> Path:
     "Download Fashion-MNIST through torchvision into `root` (default `data_dir()`); return the folder of the .gz files."
     from torchvision.datasets import FashionMNIST
@@ -283,7 +285,7 @@ def download_fashion_mnist(root=None) -> Path:
         FashionMNIST(root=root, train=train, download=True)
     return root / "FashionMNIST" / "raw"
 
-
+# %% ../nbs/01_data.ipynb #e17aabea
 def load_fashion_mnist(
     split: str = "train", root=None, download: bool = False, check_sha: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,7 +301,7 @@ def load_fashion_mnist(
     x, y = _load_pair(str(folder.resolve()), split, check_sha, stamp)
     return x.clone(), y.clone()
 
-
+# %% ../nbs/01_data.ipynb #7863b3d0
 def to_float(x: torch.Tensor) -> torch.Tensor:
     "uint8 images (N,H,W) or (N,C,H,W) -> float32 (N,C,H,W) in [0,1]."
     if x.dtype != torch.uint8:
@@ -310,7 +312,7 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"to_float expects (N,H,W) or (N,C,H,W) images, got shape {tuple(x.shape)}.")
     return x.float() / 255.0
 
-# %% ../nbs/01_data.ipynb #bda4fb18
+# %% ../nbs/01_data.ipynb #2158e147
 TV_DATASETS = ("mnist", "cifar10", "svhn", "celeba")
 TV_SPLITS = {
     "mnist": SPLITS,
@@ -322,19 +324,20 @@ TV_LAYOUT = {
     "mnist": "MNIST/raw/ holding the four uncompressed IDX files ({train,t10k}-{images-idx3,labels-idx1}-ubyte)",
     "cifar10": "cifar-10-batches-py/ holding data_batch_1..5, test_batch and batches.meta",
     "svhn": "{split}_32x32.mat",
-    "celeba": "celeba/ holding img_align_celeba/ and list_eval_partition.txt, list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt",
+    "celeba": "celeba/ holding img_align_celeba/ and list_eval_partition.txt, list_attr_celeba.txt, "
+    "identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt",
 }
 
-
+# %% ../nbs/01_data.ipynb #06726844
 def celeba_transform(size: int = 64, crop: int = 140):
     "CelebA preprocessing of the EBM papers: center crop `crop` x `crop`, resize to `size`, float [0,1]."
     from torchvision import transforms as T
 
     return T.Compose([T.CenterCrop(crop), T.Resize(size), T.ToTensor()])
 
-
+# %% ../nbs/01_data.ipynb #18d8d36f
 def load_torchvision(name: str, split: str = "train", root=None, download: bool = False):
-    "torchvision dataset `name` (mnist, cifar10, svhn, celeba) as a `Dataset` of float [0,1] images, from `root` or `data_dir()`."
+    "torchvision dataset `name` (mnist, cifar10, svhn, celeba): a `Dataset` of float [0,1] images, from `root`."
     check_choice("dataset", name, TV_DATASETS, hint="Fashion-MNIST has its own loader, load_fashion_mnist.")
     check_choice(f"{name} split", split, TV_SPLITS[name])
     from torchvision import datasets, transforms as T
@@ -393,12 +396,12 @@ def ood_sets(x_test: torch.Tensor, n: int, generator: torch.Generator | None = N
     }
     return {k: v.to(x_test.device, x_test.dtype) for k, v in out.items()}
 
-# %% ../nbs/01_data.ipynb #d3e69f27
+# %% ../nbs/01_data.ipynb #4603dcaa
 def _rand_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     dev = generator.device if generator is not None else x.device
     return torch.rand(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 
-
+# %% ../nbs/01_data.ipynb #261e8818
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, levels: int = 256) -> torch.Tensor:
     "Uniform dequantisation of images `x` in [0,1] with `levels` grey levels: (x*(levels-1) + U(0,1)) / levels."
     if not x.is_floating_point():

@@ -1,4 +1,6 @@
-"""ebm_nb.data edge cases: toys, digits, Fashion-MNIST files, torchvision formats (tiny fakes, no network), OOD, batches."""
+"""ebm_nb.data edge cases: toys, digits, Fashion-MNIST files, torchvision formats (tiny fakes, no network), OOD sets,
+batches."""
+
 import hashlib
 import pickle
 
@@ -18,6 +20,7 @@ def _md5(path):
 
 
 # --- 2D toys -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", D.TOYS)
 def test_toys_shape_seed_bound(name):
@@ -57,16 +60,18 @@ def test_toy_log_density():
 
 # --- digits --------------------------------------------------------------------------------------------------
 
+
 def test_digits():
     for size in D.DIGIT_SIZES:
         x, y = D.load_digits(size)
         assert x.shape == (1797, 1, size, size) and y.shape == (1797,) and y.dtype == torch.long
         assert x.min() >= 0 and x.max() <= 1
     x8, y8 = D.load_digits(8)
-    assert torch.allclose(x8 * 16, (x8 * 16).round())       # sixteenths, as in the original
-    x8[:] = 0                                               # callers get copies, not the cache
+    assert torch.allclose(x8 * 16, (x8 * 16).round())  # sixteenths, as in the original
+    x8[:] = 0  # callers get copies, not the cache
     assert D.load_digits(8)[0].max() == 1
-    a, _ = D.load_digits(16, _g(1)); b, _ = D.load_digits(16, _g(1))
+    a, _ = D.load_digits(16, _g(1))
+    b, _ = D.load_digits(16, _g(1))
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="Unknown size 10; valid values are: 8, 16, 28, 32"):
         D.load_digits(10)
@@ -74,12 +79,14 @@ def test_digits():
 
 # --- Fashion-MNIST -------------------------------------------------------------------------------------------
 
+
 def _fake_fmnist(folder, n=20, split="test", seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     x = torch.randint(0, 256, (n, 28, 28), generator=_g(seed), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,), generator=_g(seed))
     img, lab = D.FMNIST_FILES[split]
-    D.write_idx(folder / img, x); D.write_idx(folder / lab, y)
+    D.write_idx(folder / img, x)
+    D.write_idx(folder / lab, y)
     return x, y
 
 
@@ -87,7 +94,7 @@ def test_fmnist_real_files():
     x, y = D.load_fashion_mnist("test")
     assert x.shape == (10000, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert y.min() == 0 and y.max() == 9
-    x[:] = 0                                                # the in-memory cache is not shared with callers
+    x[:] = 0  # the in-memory cache is not shared with callers
     assert D.load_fashion_mnist("test")[0].max() == 255
     for f, want in D.FMNIST_SHA256.items():
         if f.startswith("t10k"):
@@ -115,10 +122,16 @@ def test_fmnist_missing(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as e:
         D.load_fashion_mnist("train")
     msg = str(e.value)
-    for part in ["not found in", str(tmp_path / "data" / "fashion-mnist"), str(tmp_path / "nowhere"),
-                 "apt-get install dataset-fashion-mnist", "put the four .gz files in", "download=True"]:
+    for part in [
+        "not found in",
+        str(tmp_path / "data" / "fashion-mnist"),
+        str(tmp_path / "nowhere"),
+        "apt-get install dataset-fashion-mnist",
+        "put the four .gz files in",
+        "download=True",
+    ]:
         assert part in msg
-    assert msg.count(". ") == 0                             # one sentence
+    assert msg.count(". ") == 0  # one sentence
     # only half of a split is as good as none
     (tmp_path / "data" / "fashion-mnist").mkdir(parents=True)
     D.write_idx(tmp_path / "data" / "fashion-mnist" / "train-images-idx3-ubyte.gz", torch.zeros(2, 28, 28))
@@ -128,9 +141,9 @@ def test_fmnist_missing(tmp_path, monkeypatch):
 
 def test_fmnist_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_NB_DATA", str(tmp_path))
-    x_tv, _ = _fake_fmnist(tmp_path / "FashionMNIST" / "raw", n=5, seed=1)        # torchvision's layout
+    x_tv, _ = _fake_fmnist(tmp_path / "FashionMNIST" / "raw", n=5, seed=1)  # torchvision's layout
     assert torch.equal(D.load_fashion_mnist("test", check_sha=False)[0], x_tv)
-    x_ours, _ = _fake_fmnist(tmp_path / "fashion-mnist", n=6, seed=2)             # data/fashion-mnist wins
+    x_ours, _ = _fake_fmnist(tmp_path / "fashion-mnist", n=6, seed=2)  # data/fashion-mnist wins
     assert torch.equal(D.load_fashion_mnist("test", check_sha=False)[0], x_ours)
     assert D.fmnist_dirs()[-1] == D.FMNIST_SYSTEM_DIR
     assert D.fmnist_dirs(tmp_path / "x") == [tmp_path / "x"]
@@ -139,13 +152,16 @@ def test_fmnist_search_order(tmp_path, monkeypatch):
 def test_read_idx_bad_files(tmp_path):
     (tmp_path / "a.gz").write_bytes(b"")
     import gzip
-    with gzip.open(tmp_path / "b.gz", "wb") as f: f.write(b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"abc")
+
+    with gzip.open(tmp_path / "b.gz", "wb") as f:
+        f.write(b"\x00\x00\x0d\x01" + (3).to_bytes(4, "big") + b"abc")
     with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
-        D.read_idx(tmp_path / "b.gz")                       # float IDX, not bytes
-    with gzip.open(tmp_path / "c.gz", "wb") as f: f.write(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc")
+        D.read_idx(tmp_path / "b.gz")  # float IDX, not bytes
+    with gzip.open(tmp_path / "c.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big") + b"abc")
     with pytest.raises(ValueError, match=r"corrupt: its header says shape \(5,\)"):
         D.read_idx(tmp_path / "c.gz")
-    D.write_idx(tmp_path / "d", torch.arange(6, dtype=torch.uint8).reshape(2, 3))   # uncompressed works too
+    D.write_idx(tmp_path / "d", torch.arange(6, dtype=torch.uint8).reshape(2, 3))  # uncompressed works too
     assert torch.equal(D.read_idx(tmp_path / "d"), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
 
 
@@ -164,8 +180,10 @@ def test_to_float():
 # torchvision verifies the md5 of the real release files; the fakes have other md5s, so each test points the
 # dataset class's checksum list at the fakes' own md5s (monkeypatch, undone after the test).
 
+
 def test_torchvision_mnist(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"; raw.mkdir(parents=True)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
     for prefix, n in [("train", 6), ("t10k", 4)]:
         D.write_idx(raw / f"{prefix}-images-idx3-ubyte", torch.full((n, 28, 28), 255, dtype=torch.uint8))
         D.write_idx(raw / f"{prefix}-labels-idx1-ubyte", torch.arange(n, dtype=torch.uint8))
@@ -178,34 +196,45 @@ def test_torchvision_mnist(tmp_path):
 
 def test_torchvision_cifar10(tmp_path, monkeypatch):
     from torchvision.datasets import CIFAR10
-    base = tmp_path / "cifar-10-batches-py"; base.mkdir()
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for i, name in enumerate(names):
         entry = {"data": np.full((2, 3072), 10 * i, dtype=np.uint8), "labels": [i, i + 1]}
         (base / name).write_bytes(pickle.dumps(entry))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     with pytest.raises(FileNotFoundError, match="failed torchvision's checksum"):
-        D.load_torchvision("cifar10", "train", root=tmp_path)           # real md5s: the fakes are rejected
+        D.load_torchvision("cifar10", "train", root=tmp_path)  # real md5s: the fakes are rejected
     monkeypatch.setattr(CIFAR10, "train_list", [[n, _md5(base / n)] for n in names[:5]])
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(base / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": _md5(base / "batches.meta")})
+    monkeypatch.setattr(
+        CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": _md5(base / "batches.meta")}
+    )
     tr, te = D.load_torchvision("cifar10", "train", root=tmp_path), D.load_torchvision("cifar10", "test", root=tmp_path)
     assert len(tr) == 10 and len(te) == 2 and tr.classes[0] == "c0"
     x, y = te[1]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 50 / 255)) and y == 6
+    assert (
+        x.shape == (3, 32, 32)
+        and x.dtype == torch.float32
+        and torch.allclose(x, torch.full_like(x, 50 / 255))
+        and y == 6
+    )
 
 
 def test_torchvision_svhn(tmp_path, monkeypatch):
     import scipy.io
     from torchvision.datasets import SVHN
-    X = np.zeros((32, 32, 3, 3), dtype=np.uint8); X[..., 2] = 255
+
+    X = np.zeros((32, 32, 3, 3), dtype=np.uint8)
+    X[..., 2] = 255
     scipy.io.savemat(tmp_path / "train_32x32.mat", {"X": X, "y": np.array([[10], [1], [5]], dtype=np.uint8)})
     split_list = {k: list(v) for k, v in SVHN.split_list.items()}
     split_list["train"][2] = _md5(tmp_path / "train_32x32.mat")
     monkeypatch.setattr(SVHN, "split_list", split_list)
     ds = D.load_torchvision("svhn", "train", root=tmp_path)
     xs, ys = D.dataset_tensors(ds)
-    assert xs.shape == (3, 3, 32, 32) and ys.tolist() == [0, 1, 5]        # label 10 means digit 0
+    assert xs.shape == (3, 3, 32, 32) and ys.tolist() == [0, 1, 5]  # label 10 means digit 0
     assert xs[2].max() == 1 and xs[:2].max() == 0
     with pytest.raises(FileNotFoundError, match="put test_32x32.mat there, or pass download=True"):
         D.load_torchvision("svhn", "test", root=tmp_path)
@@ -214,7 +243,9 @@ def test_torchvision_svhn(tmp_path, monkeypatch):
 def test_torchvision_celeba(tmp_path, monkeypatch):
     from PIL import Image
     from torchvision.datasets import CelebA
-    base = tmp_path / "celeba"; (base / "img_align_celeba").mkdir(parents=True)
+
+    base = tmp_path / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
     ids = [f"{i:06d}.jpg" for i in range(1, 5)]
     for i, f in enumerate(ids):
         Image.new("RGB", (178, 218), (60 * i, 0, 0)).save(base / "img_align_celeba" / f)
@@ -227,7 +258,8 @@ def test_torchvision_celeba(tmp_path, monkeypatch):
         "list_landmarks_align_celeba.txt": "4\n" + " ".join(f"p{j}" for j in range(10)) + "\n" + rows([[1] * 10] * 4),
         "list_attr_celeba.txt": "4\n" + " ".join(attrs) + "\n" + rows([[1, -1] * 20] * 4),
     }
-    for name, text in files.items(): (base / name).write_text(text)
+    for name, text in files.items():
+        (base / name).write_text(text)
     monkeypatch.setattr(CelebA, "file_list", [("", _md5(base / n), n) for n in files])
     train = D.load_torchvision("celeba", "train", root=tmp_path)
     assert len(train) == 2 and len(D.load_torchvision("celeba", "all", root=tmp_path)) == 4
@@ -254,6 +286,7 @@ def test_dataset_tensors_subset():
 
 
 # --- OOD sets, dequantisation, batches ---------------------------------------------------------------------
+
 
 def test_ood_sets():
     x = torch.rand(30, 1, 28, 28)
@@ -315,7 +348,8 @@ def test_batches():
 def test_fmnist_truncated_file_says_which_and_how_to_fix(tmp_path, cut):
     _fake_fmnist(tmp_path, n=50)
     img = tmp_path / D.FMNIST_FILES["test"][0]
-    raw = img.read_bytes(); img.write_bytes(raw[:int(len(raw) * cut)])  # a download or copy cut short
+    raw = img.read_bytes()
+    img.write_bytes(raw[: int(len(raw) * cut)])  # a download or copy cut short
     with pytest.raises(ValueError) as err:
         D.load_fashion_mnist("test", root=tmp_path, check_sha=False)
     msg = str(err.value)
@@ -327,6 +361,8 @@ def test_read_idx_truncated_or_not_gzip(tmp_path):
     p = tmp_path / "x.gz"
     D.write_idx(p, torch.arange(200, dtype=torch.uint8).reshape(2, 100))
     p.write_bytes(p.read_bytes()[:-12])
-    with pytest.raises(ValueError, match=r"x.gz is truncated or corrupt \(.*\); get a good copy of it"): D.read_idx(p)
+    with pytest.raises(ValueError, match=r"x.gz is truncated or corrupt \(.*\); get a good copy of it"):
+        D.read_idx(p)
     p.write_bytes(b"definitely not gzip")
-    with pytest.raises(ValueError, match="x.gz is truncated or corrupt"): D.read_idx(p)
+    with pytest.raises(ValueError, match="x.gz is truncated or corrupt"):
+        D.read_idx(p)

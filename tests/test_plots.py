@@ -1,5 +1,6 @@
 """Edge cases of ebm_nb.plots: bad shapes fail with one clear ValueError, saving creates folders and is atomic,
 figures are closed only when this module created them, the style never leaks into global rcParams."""
+
 import math
 import os
 import subprocess
@@ -11,10 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from ebm_nb.plots import (chain_strip, energy_heatmap, grid_energy, heatmap_row, image_grid, ood_histograms, panel,
-                          sample_grid, save_fig, scatter2d, set_style, style_rc, training_curves)
+from ebm_nb.plots import (
+    chain_strip,
+    energy_heatmap,
+    grid_energy,
+    heatmap_row,
+    image_grid,
+    ood_histograms,
+    panel,
+    sample_grid,
+    save_fig,
+    scatter2d,
+    set_style,
+    style_rc,
+    training_curves,
+)
 
-gauss = lambda x: (x ** 2).sum(1) / 2
+gauss = lambda x: (x**2).sum(1) / 2
 HIST = [{"iter": i, "loss": 1.0 / (i + 1), "gap": float(i)} for i in range(10)]
 
 
@@ -23,6 +37,7 @@ def no_tmp(folder):
 
 
 # --- bad shapes -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(8, 8), (4, 8, 8), (4, 2, 8, 8), (0, 1, 8, 8), (2, 1, 1, 8, 8)])
 def test_sample_grid_bad_shape(shape):
@@ -84,8 +99,15 @@ def test_heatmap_row_bad_args():
         heatmap_row([gauss, gauss], samples=[np.zeros((3, 2))], n=8)
 
 
-@pytest.mark.parametrize("history, match", [([], "non-empty list of dicts"), ({"iter": 1}, "non-empty list of dicts"),
-                                            ([{"loss": 1.0}], "'iter' key"), ([{"iter": 0, "note": "x"}], "no numeric values")])
+@pytest.mark.parametrize(
+    "history, match",
+    [
+        ([], "non-empty list of dicts"),
+        ({"iter": 1}, "non-empty list of dicts"),
+        ([{"loss": 1.0}], "'iter' key"),
+        ([{"iter": 0, "note": "x"}], "no numeric values"),
+    ],
+)
 def test_training_curves_bad_history(history, match):
     with pytest.raises(ValueError, match=match):
         training_curves(history)
@@ -99,9 +121,15 @@ def test_training_curves_bad_key_and_smooth():
             training_curves(HIST, smooth=smooth)
 
 
-@pytest.mark.parametrize("scores, match", [({}, "non-empty dict"), ([1, 2], "non-empty dict"),
-                                           ({"a": np.zeros((3, 4))}, "one score per sample"),
-                                           ({"a": [np.inf, np.nan]}, "no finite value")])
+@pytest.mark.parametrize(
+    "scores, match",
+    [
+        ({}, "non-empty dict"),
+        ([1, 2], "non-empty dict"),
+        ({"a": np.zeros((3, 4))}, "one score per sample"),
+        ({"a": [np.inf, np.nan]}, "no finite value"),
+    ],
+)
 def test_ood_histograms_bad(scores, match):
     with pytest.raises(ValueError, match=match):
         ood_histograms(scores)
@@ -113,6 +141,7 @@ def test_panel_bad_n():
 
 
 # --- saving ---------------------------------------------------------------------------------------------------
+
 
 def test_save_creates_folders_atomically(tmp_path):
     path = tmp_path / "a" / "b" / "grid.png"
@@ -136,9 +165,11 @@ def test_failed_save_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
     path = tmp_path / "fig.png"
     path.write_bytes(b"old")
     fig = scatter2d(np.zeros((3, 2)))
+
     def boom(fname, **kw):
         open(fname, "wb").write(b"half a png")
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(fig, "savefig", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         save_fig(fig, path)
@@ -147,13 +178,15 @@ def test_failed_save_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch):
 
 def test_every_function_saves(tmp_path):
     chain = torch.rand(4, 2, 1, 4, 4)
-    figs = {"grid": sample_grid(chain[0], tmp_path / "grid.png"),
-            "chain": chain_strip(chain, tmp_path / "chain.png", energies=torch.rand(4, 2)),
-            "heat": energy_heatmap(gauss, n=8, path=tmp_path / "heat.png"),
-            "row": heatmap_row([gauss, gauss], n=8, path=tmp_path / "row.png"),
-            "curves": training_curves(HIST, path=tmp_path / "curves.png"),
-            "ood": ood_histograms({"in": np.random.randn(50), "out": np.random.randn(50) + 2}, tmp_path / "ood.png"),
-            "scatter": scatter2d(np.random.randn(50, 2), tmp_path / "scatter.png")}
+    figs = {
+        "grid": sample_grid(chain[0], tmp_path / "grid.png"),
+        "chain": chain_strip(chain, tmp_path / "chain.png", energies=torch.rand(4, 2)),
+        "heat": energy_heatmap(gauss, n=8, path=tmp_path / "heat.png"),
+        "row": heatmap_row([gauss, gauss], n=8, path=tmp_path / "row.png"),
+        "curves": training_curves(HIST, path=tmp_path / "curves.png"),
+        "ood": ood_histograms({"in": np.random.randn(50), "out": np.random.randn(50) + 2}, tmp_path / "ood.png"),
+        "scatter": scatter2d(np.random.randn(50, 2), tmp_path / "scatter.png"),
+    }
     n_axes = {"grid": 1, "chain": 2, "heat": 1, "row": 2, "curves": 2, "ood": 1, "scatter": 1}
     for name, fig in figs.items():
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -163,11 +196,13 @@ def test_every_function_saves(tmp_path):
 
 # --- closing and style ----------------------------------------------------------------------------------------
 
+
 def test_created_figures_closed_given_axes_kept():
     fig = sample_grid(torch.rand(2, 1, 4, 4))
     assert not plt.fignum_exists(fig.number)
     fig = sample_grid(torch.rand(2, 1, 4, 4), close=False)
-    assert plt.fignum_exists(fig.number); plt.close(fig)
+    assert plt.fignum_exists(fig.number)
+    plt.close(fig)
     mine, ax = plt.subplots()
     assert energy_heatmap(gauss, n=8, ax=ax) is mine and scatter2d(np.zeros((2, 2)), ax=ax) is mine
     assert plt.fignum_exists(mine.number) and len(ax.images) == 1
@@ -191,7 +226,8 @@ def test_closed_figure_still_saves(tmp_path):
 
 def test_style_does_not_leak_but_set_style_applies():
     before = dict(mpl.rcParams)
-    training_curves(HIST); sample_grid(torch.rand(2, 1, 4, 4))
+    training_curves(HIST)
+    sample_grid(torch.rand(2, 1, 4, 4))
     assert dict(mpl.rcParams) == before
     with mpl.rc_context():
         set_style()
@@ -201,6 +237,7 @@ def test_style_does_not_leak_but_set_style_applies():
 
 def test_saved_png_is_150_dpi(tmp_path):
     from PIL import Image
+
     scatter2d(np.zeros((3, 2)), tmp_path / "x.png")
     dpi = Image.open(tmp_path / "x.png").info.get("dpi")
     assert dpi is not None and round(dpi[0]) == 150
@@ -208,12 +245,18 @@ def test_saved_png_is_150_dpi(tmp_path):
 
 def test_headless_script_gets_agg():
     env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "DISPLAY", "WAYLAND_DISPLAY")}
-    out = subprocess.run([sys.executable, "-c", "import ebm_nb.plots, matplotlib; print(matplotlib.get_backend())"],
-                         env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import ebm_nb.plots, matplotlib; print(matplotlib.get_backend())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip().lower() == "agg"
 
 
 # --- content --------------------------------------------------------------------------------------------------
+
 
 def test_image_grid_layout():
     x = torch.arange(3).float().view(3, 1, 1, 1) / 2
@@ -228,7 +271,7 @@ def test_heatmap_density_and_energy():
     p = fig.axes[0].images[0].get_array()
     assert abs(p.sum() * (10 / 50) ** 2 - 1) < 1e-9 and abs(p.max() - 1 / (2 * math.pi)) < 0.01
     E = energy_heatmap(gauss, n=50, bound=5.0, density=False).axes[0].images[0].get_array()
-    assert E.min() >= 0 and abs(E.max() - 0.5 * 2 * 4.9 ** 2) < 1e-4
+    assert E.min() >= 0 and abs(E.max() - 0.5 * 2 * 4.9**2) < 1e-4
 
 
 def test_grid_energy_orientation_and_modules():
@@ -260,6 +303,7 @@ def test_ood_drops_nonfinite_with_warning():
 
 # --- reading a figure: shared colour scale, titles, reference lines, legends that do not hide the data ----------
 
+
 def test_heatmap_row_shared_colorbar_and_title():
     fns = [gauss, lambda x: gauss(x) / 4]  # the second is much flatter: a lower peak density
     fig = heatmap_row(fns, ["sharp", "flat"], n=20, colorbar=True, title="two energies (smoke scale)")
@@ -281,14 +325,23 @@ def test_heatmap_row_default_has_no_colorbar_or_title():
 def test_training_curves_reference_lines_and_title():
     fig = training_curves(HIST, refs={"loss": (0.068, "paper"), "gap": 3}, title="toy run (quick scale)")
     loss_ax, gap_ax = fig.axes
-    assert [l.get_ydata()[0] for l in loss_ax.lines[1:]] == [0.068] and loss_ax.get_legend().get_texts()[0].get_text() == "paper"
+    assert [l.get_ydata()[0] for l in loss_ax.lines[1:]] == [0.068] and loss_ax.get_legend().get_texts()[
+        0
+    ].get_text() == "paper"
     assert gap_ax.get_legend().get_texts()[0].get_text() == "reference"
     assert loss_ax.get_legend().get_frame().get_alpha() == 0.8 and fig.get_suptitle() == "toy run (quick scale)"
     assert training_curves(HIST).axes[0].get_legend() is None  # no refs, no legend
 
 
-@pytest.mark.parametrize("refs, match", [({"los": 1.0}, "refs key.*'los'; valid values are: loss, gap"), ({"loss": "x"}, "finite number"),
-                                         ({"loss": (np.nan, "paper")}, "finite number"), ([0.1], "must be a dict")])
+@pytest.mark.parametrize(
+    "refs, match",
+    [
+        ({"los": 1.0}, "refs key.*'los'; valid values are: loss, gap"),
+        ({"loss": "x"}, "finite number"),
+        ({"loss": (np.nan, "paper")}, "finite number"),
+        ([0.1], "must be a dict"),
+    ],
+)
 def test_training_curves_bad_refs(refs, match):
     with pytest.raises(ValueError, match=match):
         training_curves(HIST, refs=refs)
