@@ -17,13 +17,14 @@ from .core import check_positive, pick_device, check_int
 from .data import TOY_BOUND, sha256
 
 # %% auto #0
-__all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'gaussian_stats', 'frechet_distance',
-           'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'fn_device', 'grid_centres',
-           'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr', 'ssim',
-           'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
+__all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'LADDER', 'FLOOR', 'gaussian_stats',
+           'frechet_distance', 'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'fn_device',
+           'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr',
+           'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
-           'inception_feature_fn', 'inception_fid', 'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats',
-           'image_eval']
+           'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
+           'FeatureStats', 'feature_stats', 'image_eval', 'blur', 'ladder_images', 'ladder_path', 'quality_floor',
+           'below_floor', 'not_testable', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -506,6 +507,47 @@ def inception_fid(x_gen, x_ref, batch_size: int = 100, device=None) -> dict:
             raise ValueError(f"{name} has {x.shape[1]} channels; Inception FID takes grey (1) or RGB (3) images.")
     return frechet_distance_with(inception_feature_fn(device), x_gen, x_ref, batch_size, key="fid")
 
+# %% ../nbs/04_metrics.ipynb #9706efa9
+def inception_score(logits) -> float:
+    "exp(E_x KL(p(y|x) || p(y))) from classifier logits (N, classes): between 1 and the number of classes."
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or len(logits) < 2:
+        raise ValueError(f"inception_score needs logits of shape (N >= 2, classes), got {logits.shape}.")
+    logp = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    p = np.exp(logp)
+    log_py = np.log(p.mean(0) + 1e-300)
+    return float(np.exp((p * (logp - log_py)).sum(1).mean()))
+
+# %% ../nbs/04_metrics.ipynb #5a6a8b01
+def _knn_radii(f: np.ndarray, k: int, chunk: int = 1000) -> np.ndarray:
+    "Distance from each row of `f` to its `k`-th nearest other row."
+    sq = (f**2).sum(1)
+    r = np.empty(len(f))
+    for i in range(0, len(f), chunk):
+        d = sq[i : i + chunk, None] + sq[None] - 2 * f[i : i + chunk] @ f.T
+        r[i : i + chunk] = np.sqrt(np.maximum(np.partition(d, k, axis=1)[:, k], 0))  # the 0-th is the row itself
+    return r
+
+# %% ../nbs/04_metrics.ipynb #d86d38de
+def density_coverage(
+    f_real,  # real features (N, d)
+    f_fake,  # sample features (M, d)
+    k: int = 5,  # the neighbourhood size of Naeem et al.
+    chunk: int = 1000,  # real rows per block of distances
+) -> dict:
+    "{'density', 'coverage'} of samples against real data in a feature space (Naeem et al. 2020)."
+    f_real, f_fake = _samples(f_real, "f_real", k + 1), _samples(f_fake, "f_fake")
+    _same_dim(f_real, f_fake, "f_real", "f_fake")
+    r, sq = _knn_radii(f_real, check_int("k", k), chunk), (f_fake**2).sum(1)
+    inside, covered = 0, np.zeros(len(f_real), bool)
+    for i in range(0, len(f_real), chunk):
+        fr = f_real[i : i + chunk]
+        d = np.sqrt(np.maximum((fr**2).sum(1)[:, None] + sq[None] - 2 * fr @ f_fake.T, 0))
+        hit = d < r[i : i + chunk, None]
+        inside += int(hit.sum())
+        covered[i : i + chunk] = hit.any(1)
+    return {"density": inside / (k * len(f_fake)), "coverage": float(covered.mean())}
+
 # %% ../nbs/04_metrics.ipynb #4f5d1444
 def _toy_eval_points(toy: str, n: int, seed: int, auc_box) -> tuple:
     "(held-out data, uniform points or None, the floor's second draw), in this order from one generator (`seed + 1`)."
@@ -621,29 +663,131 @@ def feature_stats(feature_fn, x, chunk: int = 500, keep: int = 10_000) -> Featur
         st.update(features_with(feature_fn, x[i : i + chunk], chunk))
     return st
 
+# %% ../nbs/04_metrics.ipynb #75cdc235
+@torch.no_grad()
+def _logits(head, f: np.ndarray) -> np.ndarray:
+    "Class logits of features `f` (N, d) through a classifier's `head` (a module or function), as float64."
+    dev = fn_device(head)
+    return torch.as_tensor(head(torch.as_tensor(f, dtype=torch.float32, device=dev))).double().cpu().numpy()
+
 # %% ../nbs/04_metrics.ipynb #59ede2d2
 def image_eval(
-    sample_fn,
-    n: int,
-    ref,
-    feature_fn,
-    key: str = "fd",
-    chunk: int = 500,
-    kid_subset: int = 1000,
-    kid_keep: int = 10_000,
-    chunk_fn=None,
+    sample_fn,  # k -> k images (k, C, H, W) in [0, 1]
+    n: int,  # samples to score
+    ref,  # reference images, or their `FeatureStats`
+    feature_fn,  # images -> features (our classifier's `features`, or Inception's)
+    key: str = "fd",  # the name of the Fréchet distance in the result ("fd_fmnist", "fid")
+    chunk: int = 500,  # samples drawn and featurised at a time
+    kid_subset: int = 1000,  # KID subset size
+    kid_keep: int = 10_000,  # feature vectors kept for KID, density and coverage
+    chunk_fn=None,  # `chunk_fn(i, x)` sees each chunk of samples (e.g. to keep some for a figure)
+    logit_fn="auto",  # features -> class logits for the IS; "auto": the `head` of feature_fn's classifier, if any
 ) -> dict:
-    "{key: FD, 'kid', 'kid_std', 'n_eval', 'n_ref'} of `n` samples of `sample_fn(k)` against `ref` (images or stats)."
+    """{key: FD, 'kid', 'kid_std', IS, 'density', 'coverage', 'n_eval', 'n_ref'} of `n` samples of `sample_fn(k)`
+    against `ref`. The IS is named after `key` ('is_fmnist' for 'fd_fmnist') and is None without class logits."""
     check_int("n", n, 2)
     check_int("chunk", chunk)
     ref = ref if isinstance(ref, FeatureStats) else feature_stats(feature_fn, ref, chunk, kid_keep)
-    gen = FeatureStats(kid_keep)
+    head = getattr(getattr(feature_fn, "__self__", None), "head", None) if logit_fn == "auto" else logit_fn
+    gen, logits = FeatureStats(kid_keep), []
     for i in range(0, n, chunk):
         x = sample_fn(min(chunk, n - i))
         if chunk_fn is not None:
             chunk_fn(i, x)
-        gen.update(features_with(feature_fn, x, chunk))
+        f = features_with(feature_fn, x, chunk)
+        gen.update(f)
+        if head is not None:
+            logits.append(_logits(head, f))
     fd = frechet_distance(*gen.mean_cov(), *ref.mean_cov())
     f, fr = gen.features, ref.features
     k, k_std = kid(f, fr, subset_size=min(kid_subset, len(f), len(fr)))
-    return {key: fd, "kid": k, "kid_std": k_std, "n_eval": gen.n, "n_ref": ref.n}
+    is_key = key.replace("fd", "is", 1) if key.startswith("fd") else "is"
+    score = inception_score(np.concatenate(logits)) if logits else None
+    out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, **density_coverage(fr, f)}
+    return out | {"n_eval": gen.n, "n_ref": ref.n}
+
+# %% ../nbs/04_metrics.ipynb #d36195ea
+LADDER = ("training images", "+ noise 0.1", "blurred once", "blurred twice", "uniform noise")
+FLOOR = "blurred once"  # the rung a working model must beat
+
+
+def blur(x: torch.Tensor) -> torch.Tensor:
+    "Images (N, C, H, W) blurred once with the 5x5 binomial kernel, edges replicated."
+    k = torch.tensor([1.0, 4, 6, 4, 1])
+    k = (k[:, None] * k[None]) / 256
+    c = x.shape[1]
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k.expand(c, 1, 5, 5).to(x), groups=c)
+
+# %% ../nbs/04_metrics.ipynb #2f3929fe
+def ladder_images(x: torch.Tensor, rung: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    "The images of one rung of the ladder, made from training images `x` (N, C, H, W) in [0, 1]."
+    from ebm_nb.core import check_choice
+
+    check_choice("rung", rung, LADDER)
+    if rung == "+ noise 0.1":
+        return (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    if rung == "uniform noise":
+        return torch.rand(x.shape, generator=generator)
+    return {"training images": x, "blurred once": blur(x), "blurred twice": blur(blur(x))}[rung]
+
+# %% ../nbs/04_metrics.ipynb #ffc51a64
+def ladder_path() -> Path:
+    "The committed reference ladder: `figures/reference/ladder_fmnist.json`."
+    from ebm_nb.core import repo_root
+
+    return repo_root() / "figures" / "reference" / "ladder_fmnist.json"
+
+
+def quality_floor(path=None) -> dict:
+    "The blurred-once row of the committed reference ladder (its `fd_fmnist`, `is_fmnist`, ...)."
+    import json
+
+    path = Path(path or ladder_path())
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference ladder at {path}; run nbs/papers/reference/quality_ladder.ipynb.")
+    rows = json.loads(path.read_text())["rows"]
+    return next(r for r in rows if r["rung"] == FLOOR)
+
+# %% ../nbs/04_metrics.ipynb #40396232
+def below_floor(row: dict, floor: dict, fd: str = "fd_fmnist", is_: str = "is_fmnist") -> bool:
+    "True when `row` is worse than the floor on both FD (higher) and IS (lower); a missing IS counts as worse."
+    worse_is = row.get(is_) is None or row[is_] < floor[is_]
+    return row[fd] > floor[fd] and worse_is
+
+
+def not_testable(rows: list[dict], floor: dict, fd: str = "fd_fmnist", is_: str = "is_fmnist") -> str | None:
+    "Why a sample-quality claim between `rows` cannot be decided (all below the floor), or None when it can."
+    if rows and all(below_floor(r, floor, fd, is_) for r in rows):
+        return (
+            f"not testable at this scale: every model compared is below the quality floor (blurred training images: "
+            f"FD-FMNIST {floor[fd]:.1f}, IS-FMNIST {floor[is_]:.2f})"
+        )
+    return None
+
+# %% ../nbs/04_metrics.ipynb #ff1b1bac
+from .presets import EvalSizes, register_preset
+
+for _scale in ("smoke", "quick", "gpu", "paper"):
+    _sizes = EvalSizes(n_eval=200, n_ref=1000) if _scale == "smoke" else EvalSizes(n_eval=2000, n_ref=None)
+    register_preset("ladder_eval", _scale, "fmnist", _sizes)
+
+
+def ladder_job(
+    row: dict,  # a protocol row: its `rung` of LADDER
+    seed: int,  # seeds the choice of training images and the noise
+    *,
+    device="cpu",  # where the classifier runs
+    n_eval: int = 2000,  # images scored
+    n_ref: int | None = None,  # test images compared with; None: all 10,000
+) -> dict:
+    "One rung of the reference ladder scored like a model: FD-FMNIST, KID, IS-FMNIST, density and coverage."
+    from ebm_nb.data import load_fashion_mnist, to_float
+
+    g = torch.Generator().manual_seed(seed)
+    x_train = to_float(load_fashion_mnist("train")[0])
+    x = ladder_images(x_train[torch.randperm(len(x_train), generator=g)[:n_eval]], row["rung"], g)
+    x_test = to_float(load_fashion_mnist("test")[0])[:n_ref]
+    chunks = iter(x.split(500))
+    clf = load_fmnist_classifier(device)
+    r = image_eval(lambda k: next(chunks), len(x), x_test, clf.features, key="fd_fmnist", chunk=500)
+    return r | {"_images": x[:36]}
