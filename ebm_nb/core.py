@@ -16,7 +16,7 @@ __all__ = ['SCALES', 'DEVICES', 'check_choice', 'check_positive', 'check_int', '
            'to_01']
 
 # %% ../nbs/00_core.ipynb #0039cf53
-SCALES = ("smoke", "quick", "gpu", "paper")
+SCALES = ("smoke", "quick", "cpu", "gpu", "paper")  # see presets: cpu falls back on quick
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -7,23 +7,55 @@ from __future__ import annotations
 import contextlib, dataclasses, math, time
 from dataclasses import dataclass
 import torch
+from fastcore.basics import patch
 from torch import nn
 from torch.nn.utils import parametrize
-from .core import check_choice, check_int, check_positive, pick_device
-from .presets import get_preset, register_preset
+from .core import SCALES, check_choice, check_int, check_positive, pick_device
+from .presets import EvalSizes, get_preset, register_preset
 from .nets import ConvEncoder, ConvEnergy, ConvGenerator, ResEncoder, ResEnergy, ResGenerator
 from .nets import check_image_match, check_latent_match
 from .sampling import from_encoder, from_generator, from_noise, langevin, latent_energy
 
 # %% auto #0
-__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
-           'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'dual_mcmc_data', 'feature_fn',
-           'reconstruction_mse', 'run_row', 'step_seconds']
+__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'DUAL_MCMC_PRESETS', 'DUAL_MCMC_EVAL', 'X_CHAIN_LENGTHS', 'DATASETS',
+           'METRIC', 'DualMCMCConfig', 'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'DualMCMCEval',
+           'dual_mcmc_data', 'feature_fn', 'reconstruction_mse', 'run_row', 'step_seconds', 'paper_setup']
 
-# %% ../nbs/12_dual_mcmc.ipynb #7bdd8b82
+# %% ../nbs/12_dual_mcmc.ipynb #6e67ec80
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
 
 
+def _check_config(c) -> None:
+    "Fail with one sentence on a bad `DualMCMCConfig` `c`."
+    check_choice("arch", c.arch, ARCHS)
+    check_choice("x_init", c.x_init, X_INITS)
+    check_choice("z_init", c.z_init, Z_INITS)
+    for k in ("z_dim", "width_e", "width_g", "width_i", "x_steps", "iters_per_epoch", "iters", "batch_size"):
+        check_int(k, getattr(c, k))
+    check_int("z_steps", c.z_steps, 0)
+    check_int("sample_steps", c.sample_steps, 0)
+    for k in ("x_step", "z_step", "sigma", "sample_step", "lr_e", "lr_g", "lr_i"):
+        check_positive(k, getattr(c, k))
+    for k in ("x_noise", "z_noise", "data_weight", "sample_weight", "inference_weight", "wd_g", "wd_i"):
+        check_positive(k, getattr(c, k), zero_ok=True)
+    if c.temperature is not None:
+        check_positive("temperature", c.temperature)
+    elif c.x_noise == 0:
+        raise ValueError(
+            "temperature=None means T = (x_noise / x_step)^2, which is 0 for x_noise=0; "
+            "give x_noise > 0 or an explicit temperature > 0."
+        )
+    if not 0 < c.lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {c.lr_decay!r}.")
+    if not (len(c.betas) == 2 and all(0 <= b < 1 for b in c.betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {c.betas!r}.")
+    if c.x_init == "noise" and c.z_init != "none":
+        raise ValueError(
+            f"x_init='noise' (short-run EBM) trains no generator, so it has no z-chain: use z_init='none', "
+            f"got z_init={c.z_init!r}."
+        )
+
+# %% ../nbs/12_dual_mcmc.ipynb #7bdd8b82
 @dataclass
 class DualMCMCConfig:
     "Hyperparameters of Dual-MCMC teaching and its baselines; the defaults are the official CIFAR-10 run."
@@ -42,9 +74,7 @@ class DualMCMCConfig:
     z_step: float = 0.1  # s_z: drift s_z^2/2 * grad U
     z_noise: float = 0.1  # n_z
     sigma: float = 0.3  # generator noise; the z-chain's likelihood term is ||x - g(z)||^2 / sigma^2
-    temperature: float | None = (
-        None  # T of the EBM loss; None: (x_noise / x_step)^2 (official use_temp), 1.0: no scaling
-    )
+    temperature: float | None = None  # T of the EBM loss; None: (x_noise/x_step)^2 (official use_temp), 1: no scaling
     data_weight: float = 1.0  # G_f: the generator's reconstruction term (and the encoder's real-data term)
     sample_weight: float = 50.0  # S_f: the generator's EBM-revised-sample term (70 on CelebA-64)
     inference_weight: float = 0.1  # I_f: the encoder's generated-sample term
@@ -64,33 +94,7 @@ class DualMCMCConfig:
     cache_sn: bool = True  # spectral norms once per step (False: a power iteration per forward, as the official code)
 
     def __post_init__(self):
-        check_choice("arch", self.arch, ARCHS)
-        check_choice("x_init", self.x_init, X_INITS)
-        check_choice("z_init", self.z_init, Z_INITS)
-        for k in ("z_dim", "width_e", "width_g", "width_i", "x_steps", "iters_per_epoch", "iters", "batch_size"):
-            check_int(k, getattr(self, k))
-        check_int("z_steps", self.z_steps, 0)
-        check_int("sample_steps", self.sample_steps, 0)
-        for k in ("x_step", "z_step", "sigma", "sample_step", "lr_e", "lr_g", "lr_i"):
-            check_positive(k, getattr(self, k))
-        for k in ("x_noise", "z_noise", "data_weight", "sample_weight", "inference_weight", "wd_g", "wd_i"):
-            check_positive(k, getattr(self, k), zero_ok=True)
-        if self.temperature is not None:
-            check_positive("temperature", self.temperature)
-        elif self.x_noise == 0:
-            raise ValueError(
-                "temperature=None means T = (x_noise / x_step)^2, which is 0 for x_noise=0; "
-                "give x_noise > 0 or an explicit temperature > 0."
-            )
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}.")
-        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}.")
-        if self.x_init == "noise" and self.z_init != "none":
-            raise ValueError(
-                f"x_init='noise' (short-run EBM) trains no generator, so it has no z-chain: use z_init='none', "
-                f"got z_init={self.z_init!r}."
-            )
+        _check_config(self)
 
     @property
     def T(self) -> float:
@@ -103,8 +107,19 @@ class DualMCMCConfig:
         gen, enc = self.x_init == "generator", self.z_init == "encoder"
         return ("energy",) + (("generator",) if gen else ()) + (("encoder",) if enc else ())
 
+# %% ../nbs/12_dual_mcmc.ipynb #491097bc
+def _image_shape(shape) -> tuple[int, int]:
+    "(C, H) of a square image shape (C, H, H); else one clear error."
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"Dual-MCMC needs square images of shape (C, H, H), got {shape}.")
+    return shape[0], shape[1]
+
 # %% ../nbs/12_dual_mcmc.ipynb #efbddc99
-def dual_mcmc_nets(cfg: DualMCMCConfig, shape: tuple) -> dict[str, nn.Module]:
+def dual_mcmc_nets(
+    cfg: DualMCMCConfig,  # the variant: its `nets`, `arch`, widths and `z_dim`
+    shape: tuple,  # the images' (C, H, W)
+) -> dict[str, nn.Module]:
     "The nets of `cfg`'s variant for images of `shape` (C, H, W)."
     c, s = _image_shape(shape)
     if cfg.arch == "resnet":
@@ -121,15 +136,12 @@ def dual_mcmc_nets(cfg: DualMCMCConfig, shape: tuple) -> dict[str, nn.Module]:
         }
     return {k: make[k]() for k in cfg.nets}
 
-
-def _image_shape(shape) -> tuple[int, int]:
-    shape = tuple(shape)
-    if len(shape) != 3 or shape[1] != shape[2]:
-        raise ValueError(f"Dual-MCMC needs square images of shape (C, H, H), got {shape}.")
-    return shape[0], shape[1]
-
-
-def check_nets(nets: dict, cfg: DualMCMCConfig, shape: tuple) -> dict:
+# %% ../nbs/12_dual_mcmc.ipynb #100cbb02
+def check_nets(
+    nets: dict,  # name -> net, as `dual_mcmc_nets` makes them
+    cfg: DualMCMCConfig,  # the variant they are for
+    shape: tuple,  # the images' (C, H, W)
+) -> dict:
     "`nets` if it holds exactly `cfg.nets` and they fit together and the images of `shape`; else one clear error."
     if set(nets) != set(cfg.nets):
         raise ValueError(f"This variant trains the nets {list(cfg.nets)}, got {sorted(nets)}.")
@@ -154,25 +166,25 @@ def check_nets(nets: dict, cfg: DualMCMCConfig, shape: tuple) -> dict:
 
 # %% ../nbs/12_dual_mcmc.ipynb #b782a97b
 def gaussian_nll(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    "Per-sample NLL of z under N(mu, exp(logvar)), without the constant: ½Σ logvar + ½Σ (z - mu)² / (exp(logvar) + 1e-6)."
+    "Per-sample NLL of z under N(mu, exp(logvar)) without the constant: ½Σ logvar + ½Σ (z - mu)² / (e^logvar + 1e-6)."
     return 0.5 * (logvar + (z - mu).pow(2) / (logvar.exp() + 1e-6)).sum(1)
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #69100e67
 def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "Mean over the batch of the summed squared error."
     return (a - b).pow(2).flatten(1).sum(1).mean()
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #c68b3696
 class DualMCMC:
     "Dual-MCMC teaching (and its baselines, by `cfg.x_init` / `cfg.z_init`) on images of `shape` in [0, 1]."
 
     def __init__(
         self,
-        cfg: DualMCMCConfig,
-        shape: tuple,
-        device="auto",
-        generator: torch.Generator | None = None,
-        nets: dict[str, nn.Module] | None = None,
+        cfg: DualMCMCConfig,  # the variant and its hyperparameters
+        shape: tuple,  # the images' (C, H, W)
+        device="auto",  # where the nets and chains run
+        generator: torch.Generator | None = None,  # the CPU generator of every chain's noise and latent
+        nets: dict[str, nn.Module] | None = None,  # nets to train instead of fresh `dual_mcmc_nets`
     ):
         self.cfg, self.shape, self.device = cfg, tuple(shape), pick_device(device)
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -202,64 +214,84 @@ class DualMCMC:
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
 
-    def x_chain(self, y0: torch.Tensor, steps: int | None = None, step: float | None = None, **kw) -> torch.Tensor:
-        "The x-chain from `y0` ([-1, 1] pixels): x <- x - s²/2 grad E + n_x eps, `steps` steps, no clamping."
-        c = self.cfg
-        s = c.x_step if step is None else step
-        return langevin(
-            self.E, y0, c.x_steps if steps is None else steps, s**2 / 2, c.x_noise, generator=self.gen, **kw
-        )
-
-    def z_chain(self, y: torch.Tensor, z0: torch.Tensor, steps: int | None = None, **kw) -> torch.Tensor:
-        "The z-chain on the generator posterior of `y` from `z0`: z <- z - s_z²/2 grad U + n_z eps."
-        c = self.cfg
-        U = latent_energy(self.G, y, c.sigma / math.sqrt(2))  # official: ||x - g(z)||^2 / sigma^2
-        return langevin(
-            U, z0, c.z_steps if steps is None else steps, c.z_step**2 / 2, c.z_noise, generator=self.gen, **kw
-        )
-
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         return self.nets["energy"](x.to(self.device))
 
+# %% ../nbs/12_dual_mcmc.ipynb #a4cc99be
+@patch
+def x_chain(
+    self: DualMCMC,
+    y0: torch.Tensor,  # the starts, in [-1, 1] pixels
+    steps: int | None = None,  # None: cfg.x_steps
+    step: float | None = None,  # s_x; None: cfg.x_step
+    **kw,  # to `langevin` (callback, every)
+) -> torch.Tensor:
+    "The x-chain from `y0` ([-1, 1] pixels): x <- x - s²/2 grad E + n_x eps, `steps` steps, no clamping."
+    c = self.cfg
+    s = c.x_step if step is None else step
+    return langevin(self.E, y0, c.x_steps if steps is None else steps, s**2 / 2, c.x_noise, generator=self.gen, **kw)
+
+# %% ../nbs/12_dual_mcmc.ipynb #130d1caa
+@patch
+def z_chain(
+    self: DualMCMC,
+    y: torch.Tensor,  # the images whose posterior the chain samples, in [-1, 1] pixels
+    z0: torch.Tensor,  # the starting latents
+    steps: int | None = None,  # None: cfg.z_steps
+    **kw,  # to `langevin` (callback, every)
+) -> torch.Tensor:
+    "The z-chain on the generator posterior of `y` from `z0`: z <- z - s_z²/2 grad U + n_z eps."
+    c = self.cfg
+    U = latent_energy(self.G, y, c.sigma / math.sqrt(2))  # official: ||x - g(z)||^2 / sigma^2
+    return langevin(U, z0, c.z_steps if steps is None else steps, c.z_step**2 / 2, c.z_noise, generator=self.gen, **kw)
+
 # %% ../nbs/12_dual_mcmc.ipynb #dbd60c56
-def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+@patch
+def _teach(self: DualMCMC, y: torch.Tensor, logs: dict) -> torch.Tensor:
+    "Steps 1-4 of an iteration (x-chain, z-chain, G and I updates) on the batch `y`; returns the EBM's negatives."
+    c, B = self.cfg, len(y)
+    z = self._randn(B)
+    x0 = self.G(z)  # the sample term back-propagates through this forward
+    x_rev = self.x_chain(x0.detach())
+    loss_g = c.sample_weight * _sse(x0, x_rev)
+    if c.z_init != "none":
+        if c.z_init == "encoder":
+            mu, logvar = self.Q(y)
+            z0 = from_encoder(lambda _: (mu, logvar), y, self.gen)
+        else:
+            z0 = self._randn(B)
+        z_rev = self.z_chain(y, z0)
+        mse = _sse(self.G(z_rev), y)
+        loss_g = loss_g + c.data_weight * mse
+        logs["sse_rec"] = mse.detach()
+    self.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    self.opt_g.step()
+    logs["loss_g"] = loss_g.detach()
+    if c.z_init == "encoder":
+        loss_i = (
+            c.data_weight * gaussian_nll(z_rev, mu, logvar).mean()
+            + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean()
+        )
+        self.opt_i.zero_grad(set_to_none=True)
+        loss_i.backward()
+        self.opt_i.step()
+        logs["loss_i"] = loss_i.detach()
+    return self.x_chain(from_generator(self.G, z)) if c.second_chain else x_rev
+
+# %% ../nbs/12_dual_mcmc.ipynb #1665d345
+@patch
+def step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     "One iteration G -> I -> E; the logged values are detached 0-dim tensors on the device."
     c, y = self.cfg, 2 * batch.to(self.device) - 1
-    B, logs = len(y), {}
+    logs = {}
     # E's spectral norms once per step, for both chains and the loss
     with parametrize.cached() if c.cache_sn else contextlib.nullcontext():
         e_pos = self.E(y)  # with a graph: fills the cache so that the loss below reaches E's weights
         if "generator" in self.nets:
-            z = self._randn(B)
-            x0 = self.G(z)  # the sample term back-propagates through this forward
-            x_rev = self.x_chain(x0.detach())
-            loss_g = c.sample_weight * _sse(x0, x_rev)
-            if c.z_init != "none":
-                if c.z_init == "encoder":
-                    mu, logvar = self.Q(y)
-                    z0 = from_encoder(lambda _: (mu, logvar), y, self.gen)
-                else:
-                    z0 = self._randn(B)
-                z_rev = self.z_chain(y, z0)
-                mse = _sse(self.G(z_rev), y)
-                loss_g = loss_g + c.data_weight * mse
-                logs["sse_rec"] = mse.detach()
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
-            logs["loss_g"] = loss_g.detach()
-            if c.z_init == "encoder":
-                loss_i = (
-                    c.data_weight * gaussian_nll(z_rev, mu, logvar).mean()
-                    + c.inference_weight * gaussian_nll(z, *self.Q(x_rev)).mean()
-                )
-                self.opt_i.zero_grad(set_to_none=True)
-                loss_i.backward()
-                self.opt_i.step()
-                logs["loss_i"] = loss_i.detach()
-            x_neg = self.x_chain(from_generator(self.G, z)) if c.second_chain else x_rev
+            x_neg = self._teach(y, logs)
         else:
-            x_neg = self.x_chain(from_noise(B, self.shape, -1.0, 1.0, generator=self.gen, device=self.device))
+            x_neg = self.x_chain(from_noise(len(y), self.shape, -1.0, 1.0, generator=self.gen, device=self.device))
         e_neg = self.E(x_neg)
         gap = e_pos.mean() - e_neg.mean()
         loss_e = gap / c.T
@@ -278,19 +310,17 @@ def _step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         **logs,
     }
 
-
-DualMCMC.step = _step
-
 # %% ../nbs/12_dual_mcmc.ipynb #4f2e3453
-def _sample(
+@patch
+def sample(
     self: DualMCMC,
-    n: int,
-    steps: int | None = None,
-    step: float | None = None,
-    revise: bool = True,
-    chunk: int | None = None,
-    callback=None,
-    every: int = 1,
+    n: int,  # how many samples
+    steps: int | None = None,  # x-chain steps; None: cfg.sample_steps
+    step: float | None = None,  # s_x; None: cfg.sample_step
+    revise: bool = True,  # False: the raw generator samples
+    chunk: int | None = None,  # samples per batch; None: cfg.batch_size
+    callback=None,  # to `langevin`
+    every: int = 1,  # to `langevin`
 ) -> torch.Tensor:
     "`n` samples in [0, 1] on the CPU: the test-time x-chain from G(z) (or from noise for the short-run EBM)."
     c = self.cfg
@@ -310,17 +340,18 @@ def _sample(
             out.append(((y + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
 
-
-def _reconstruct(
+# %% ../nbs/12_dual_mcmc.ipynb #8b2f6d92
+@patch
+def reconstruct(
     self: DualMCMC,
-    x: torch.Tensor,
-    steps: int | None = None,
-    init: str = "mean",
-    chunk: int | None = None,
-    callback=None,
-    every: int = 1,
+    x: torch.Tensor,  # images in [0, 1]
+    steps: int | None = None,  # z-chain steps; None: cfg.z_steps
+    init: str = "mean",  # the chain's start: "mean" (Inf + L), "sample" or "noise" (L = k)
+    chunk: int | None = None,  # images per batch; None: cfg.batch_size
+    callback=None,  # to `langevin`
+    every: int = 1,  # to `langevin`
 ) -> torch.Tensor:
-    "g(z) in [0, 1] (CPU) for the images `x` in [0, 1]: the z-chain of `steps` steps from the encoder mean, a sample or noise."
+    "g(z) in [0, 1] (CPU) for images `x` in [0, 1]: `steps` z-chain steps from the encoder mean, a sample or noise."
     check_choice("init", init, ("mean", "sample", "noise"))
     if "generator" not in self.nets:
         raise ValueError("The short-run EBM has no generator, so it reconstructs nothing.")
@@ -344,8 +375,10 @@ def _reconstruct(
             out.append(((self.G(z) + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
 
-
-def _state_dict(self: DualMCMC) -> dict:
+# %% ../nbs/12_dual_mcmc.ipynb #9fcb06ba
+@patch
+def state_dict(self: DualMCMC) -> dict:
+    "The nets, optimisers, learning-rate schedules, the chains' generator state and the step count."
     return {
         "nets": {k: v.state_dict() for k, v in self.nets.items()},
         "opts": [o.state_dict() if o else None for o in (self.opt_e, self.opt_g, self.opt_i)],
@@ -354,8 +387,10 @@ def _state_dict(self: DualMCMC) -> dict:
         "steps": self.steps,
     }
 
-
-def _load_state_dict(self: DualMCMC, sd: dict) -> None:
+# %% ../nbs/12_dual_mcmc.ipynb #ebac1106
+@patch
+def load_state_dict(self: DualMCMC, sd: dict) -> None:
+    "Restore a `state_dict()` of the same variant."
     if set(sd["nets"]) != set(self.nets):
         raise ValueError(
             f"The state holds the nets {sorted(sd['nets'])} but this variant has {sorted(self.nets)}; "
@@ -371,10 +406,6 @@ def _load_state_dict(self: DualMCMC, sd: dict) -> None:
     self.gen.set_state(sd["gen"])
     self.steps = sd["steps"]
 
-
-DualMCMC.sample, DualMCMC.reconstruct = _sample, _reconstruct
-DualMCMC.state_dict, DualMCMC.load_state_dict = _state_dict, _load_state_dict
-
 # %% ../nbs/12_dual_mcmc.ipynb #c9283103
 VARIANTS = {
     "dual_mcmc": {},
@@ -384,25 +415,16 @@ VARIANTS = {
     "dual_mcmc_noise_l30": dict(z_init="noise", z_steps=30),
 }
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #73e7b5fd
 def _small(width: int, z_dim: int, lr: float, **kw) -> DualMCMCConfig:
-    return DualMCMCConfig(
-        arch="conv",
-        z_dim=z_dim,
-        width_e=width,
-        width_g=width,
-        width_i=width,
-        lr_e=lr,
-        lr_g=3 * lr,
-        lr_i=lr,
-        iters_per_epoch=600,
-        **kw,
-    )  # 60k images / batch 100
+    "The small conv nets on Fashion-MNIST (an epoch: 60k images / batch 100); G learns 3x faster than E and I."
+    nets = dict(arch="conv", z_dim=z_dim, width_e=width, width_g=width, width_i=width, iters_per_epoch=600)
+    return DualMCMCConfig(**nets, lr_e=lr, lr_g=3 * lr, lr_i=lr, **kw)
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #1ef10f25
 DUAL_MCMC_PRESETS = {
     ("smoke", "fmnist"): _small(
-        8, 16, 3e-4, x_steps=5, z_steps=3, iters=30, batch_size=32, sample_steps=5, sample_step=0.5
+        8, 16, 3e-4, x_steps=5, z_steps=3, iters=10, batch_size=16, sample_steps=5, sample_step=0.5
     ),
     ("quick", "fmnist"): _small(
         8, 32, 3e-4, x_steps=10, z_steps=10, iters=400, batch_size=50, sample_steps=10, sample_step=0.5
@@ -420,13 +442,37 @@ for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
     for _name, _kw in VARIANTS.items():
         register_preset(_name, _scale, _ds, dataclasses.replace(_cfg, **_kw))
 
+# %% ../nbs/12_dual_mcmc.ipynb #cd2e08ff
+@dataclass
+class DualMCMCEval(EvalSizes):
+    "What a Dual-MCMC table evaluates at one scale: the shared `EvalSizes`, this paper's reconstructions and timing."
+
+    n_rec: int = 1000  # test images reconstructed (Tables 3 and 4)
+    n_track: int = 0  # test images whose reconstructions are tracked over training (Fig. 3)
+    timing_reps: int = 5  # timed training iterations per row (`step_seconds`, Tables 4 and 5)
+
+# %% ../nbs/12_dual_mcmc.ipynb #6af33b6a
+DUAL_MCMC_EVAL = {
+    "smoke": DualMCMCEval(n_eval=100, n_ref=200, n_rec=100, n_track=16, timing_reps=3),
+    "quick": DualMCMCEval(n_eval=2000, n_rec=2000, n_track=500),
+    "gpu": DualMCMCEval(n_eval=10000, n_rec=10000, n_track=2000),
+    "paper": DualMCMCEval(n_eval=50000, n_rec=10000, n_track=2000),
+}
+for _scale, _ds in DUAL_MCMC_PRESETS:
+    register_preset("dual_mcmc_eval", _scale, _ds, DUAL_MCMC_EVAL[_scale])
+X_CHAIN_LENGTHS = {"smoke": [2, 4, 6], "quick": [5, 10, 15, 25], "gpu": [10, 20, 30, 50], "paper": [10, 20, 30, 50]}
+
 # %% ../nbs/12_dual_mcmc.ipynb #7e3f7824
 DATASETS = ("fmnist", "cifar10", "celeba64")
 METRIC = {"fmnist": "fd_fmnist", "cifar10": "fid", "celeba64": "fid"}
 
-
-def dual_mcmc_data(dataset: str, split: str = "train", n: int | None = None) -> torch.Tensor:
-    "Float images (N, C, H, W) in [0, 1]: Fashion-MNIST from its IDX files, CIFAR-10 / CelebA-64 through torchvision (from data/)."
+# %% ../nbs/12_dual_mcmc.ipynb #90b7ba88
+def dual_mcmc_data(
+    dataset: str,  # fmnist | cifar10 | celeba64
+    split: str = "train",  # "train" or "test"
+    n: int | None = None,  # the first `n` images; None: all
+) -> torch.Tensor:
+    "Float images (N, C, H, W) in [0, 1]: Fashion-MNIST from its IDX files, CIFAR-10 / CelebA-64 from data/."
     from ebm_nb.data import dataset_tensors, load_fashion_mnist, load_torchvision, to_float
 
     check_choice("dataset", dataset, DATASETS)
@@ -437,7 +483,7 @@ def dual_mcmc_data(dataset: str, split: str = "train", n: int | None = None) -> 
         return dataset_tensors(ds, n, torch.Generator().manual_seed(0))[0]
     return x if n is None else x[:n]
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #d90c4941
 def feature_fn(dataset: str, device="cpu"):
     "The features of the table's metric: our Fashion-MNIST classifier (FD-FMNIST), or Inception (FID)."
     from ebm_nb.metrics import inception_feature_fn, load_fmnist_classifier
@@ -445,107 +491,110 @@ def feature_fn(dataset: str, device="cpu"):
     check_choice("dataset", dataset, DATASETS)
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
 
-
+# %% ../nbs/12_dual_mcmc.ipynb #6974da7e
 def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
     "Per-pixel MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
     k = m.cfg.z_steps
     schemes = ({"Inf": (0, "mean"), "Inf+L": (k, "mean")} if "encoder" in m.nets else {}) | {"L": (k, "noise")}
     return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
 
+# %% ../nbs/12_dual_mcmc.ipynb #c54e8a2a
+def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
+    "A `train` callback: the MSE, PSNR and SSIM of `m`'s reconstructions of `x_track` into `curve`, about 10 times."
+    from ebm_nb.metrics import psnr, ssim
 
-def run_row(
-    variant: str,
-    scale: str,
-    dataset: str,
-    overrides: dict | None = None,
-    seed: int = 0,
-    device="cpu",
-    evals=("gen",),
-    n_eval: int = 1000,
-    n_ref: int | None = None,
-    n_rec: int = 1000,
-    n_show: int = 36,
-    track: int = 0,
-    return_state: bool = False,
-) -> dict:
-    "Train `variant` at `scale` on `dataset` (with `overrides`) and score it: {'row': numbers, 'samples': images, ...}."
-    from ebm_nb.core import seed_everything
-    from ebm_nb.metrics import feature_stats, image_eval, psnr, ssim
-    from ebm_nb.training import train
-
-    for e in evals:
-        check_choice("evaluation", e, ("gen", "rec"))
-    cfg, dev = get_preset(variant, scale, dataset, **(overrides or {})), pick_device(device)
-    g = seed_everything(seed)
-    x_train = dual_mcmc_data(dataset, "train")
-    m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
-    curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
+    iters = m.cfg.iters
 
     def tracker(it, _row):
-        if it % max(1, cfg.iters // 10) and it != cfg.iters:
+        if it % max(1, iters // 10) and it != iters:
             return  # about 10 points over the run
         state = m.gen.get_state()
         rec = m.reconstruct(x_track, init="mean" if "encoder" in m.nets else "noise")
         m.gen.set_state(state)
-        curve.append(
-            {
-                "iter": it,
-                "mse": (rec - x_track).pow(2).mean().item(),
-                "psnr": psnr(rec, x_track),
-                "ssim": ssim(rec, x_track),
-            }
-        )
+        mse = (rec - x_track).pow(2).mean().item()
+        curve.append({"iter": it, "mse": mse, "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
 
+    return tracker
+
+# %% ../nbs/12_dual_mcmc.ipynb #e47d826e
+def _gen_scores(m: DualMCMC, dataset: str, dev, n_eval: int, n_ref, n_show: int, samples: dict) -> dict:
+    "FD (or FID) and KID of `m`'s EBM-revised and raw generator samples; their first `n_show` go to `samples`."
+    from ebm_nb.metrics import feature_stats, image_eval
+
+    feats, metric = feature_fn(dataset, dev), METRIC[dataset]
+    ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
+    keep = lambda name: lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None
+    ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
+    row = {metric: ebm[metric], "kid": ebm["kid"], "kid_std": ebm["kid_std"], "n_eval": ebm["n_eval"]}
+    row["n_ref"] = ebm["n_ref"]
+    if "generator" in m.nets:
+        raw = image_eval(lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator"))
+        row |= {f"{metric}_gen": raw[metric], "kid_gen": raw["kid"], "kid_gen_std": raw["kid_std"]}
+    return row
+
+# %% ../nbs/12_dual_mcmc.ipynb #7a0265cc
+def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dict) -> dict:
+    "Reconstruction MSE of `n_rec` test images per inference scheme of `m`; the first `n_show` go to `samples`."
+    x_test = dual_mcmc_data(dataset, "test", n_rec)
+    mse = reconstruction_mse(m, x_test)
+    row = {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()}
+    row["n_rec"] = len(x_test)
+    init = "mean" if "encoder" in m.nets else "noise"
+    samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
+    return row
+
+# %% ../nbs/12_dual_mcmc.ipynb #1857125f
+def run_row(
+    row: dict,  # a protocol row: `preset` (a variant of VARIANTS) and optional `overrides` of its fields
+    seed: int,  # the training seed
+    *,
+    device="cpu",  # where it trains and evaluates
+    scale: str,  # the preset's scale
+    dataset: str,  # the preset's dataset
+    evals=("gen",),  # "gen" (sample quality) and / or "rec" (reconstruction)
+    n_eval: int = 1000,  # samples scored per kind ("gen")
+    n_ref: int | None = None,  # test images they are compared with; None: all
+    n_rec: int = 1000,  # test images reconstructed ("rec")
+    n_show: int = 36,  # images kept per kind for the notebook's figure
+    track: int = 0,  # test images whose reconstruction is tracked over training (0: none)
+    return_state: bool = False,  # add the trained method's state_dict as `_state`
+) -> dict:
+    "Train the row's variant at `scale` on `dataset`, score it: the table's numbers, `_samples`, `_history`, `_curve`."
+    from ebm_nb.core import seed_everything
+    from ebm_nb.training import train
+
+    for e in evals:
+        check_choice("evaluation", e, ("gen", "rec"))
+    variant, dev = row["preset"], pick_device(device)
+    cfg = get_preset(variant, scale, dataset, **(row.get("overrides") or {}))
+    g = seed_everything(seed)
+    x_train = dual_mcmc_data(dataset, "train")
+    m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
+    curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
+    callback = _tracker(m, x_track, curve) if track and "generator" in m.nets else None
     t0 = time.time()
+    log_every = max(1, cfg.iters // 20)
     hist = train(
-        m,
-        x_train,
-        cfg.iters,
-        cfg.batch_size,
-        generator=g,
-        log_every=max(1, cfg.iters // 20),
-        desc=variant,
-        callback=tracker if track and "generator" in m.nets else None,
+        m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=log_every, desc=variant, callback=callback
     )
-    row = {
-        "iters": cfg.iters,
-        "s_per_iter": (time.time() - t0) / cfg.iters,
-        "loss_e": hist[-1]["loss_e"],
-        "e_gap": hist[-1]["e_gap"],
-    }
+    out = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters}
+    out |= {"loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
     samples = {}
     if "gen" in evals:
-        feats, metric = feature_fn(dataset, dev), METRIC[dataset]
-        ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
-        keep = lambda name: lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None
-        ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
-        row |= {
-            metric: ebm[metric],
-            "kid": ebm["kid"],
-            "kid_std": ebm["kid_std"],
-            "n_eval": ebm["n_eval"],
-            "n_ref": ebm["n_ref"],
-        }
-        if "generator" in m.nets:
-            raw = image_eval(
-                lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator")
-            )
-            row |= {f"{metric}_gen": raw[metric], "kid_gen": raw["kid"], "kid_gen_std": raw["kid_std"]}
+        out |= _gen_scores(m, dataset, dev, n_eval, n_ref, n_show, samples)
     if "rec" in evals and "generator" in m.nets:
-        x_test = dual_mcmc_data(dataset, "test", n_rec)
-        mse = reconstruction_mse(m, x_test)
-        row |= {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()}
-        row["n_rec"] = len(x_test)
-        init = "mean" if "encoder" in m.nets else "noise"
-        samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
-    out = {"row": row, "samples": samples, "history": hist, "curve": curve}
-    if return_state:
-        out["state"] = m.state_dict()
-    return out
+        out |= _rec_scores(m, dataset, n_rec, n_show, samples)
+    out |= {"_samples": samples, "_history": hist, "_curve": curve}
+    return out | ({"_state": m.state_dict()} if return_state else {})
 
 # %% ../nbs/12_dual_mcmc.ipynb #493281c6
 def step_seconds(
-    variant: str, scale: str, dataset: str, overrides: dict | None = None, reps: int = 5, device="cpu"
+    variant: str,  # a preset name of VARIANTS
+    scale: str,  # its scale
+    dataset: str,  # its dataset (fixes the image shape)
+    overrides: dict | None = None,  # changes to the preset
+    reps: int = 5,  # timed iterations (after two untimed ones)
+    device="cpu",  # where it runs
 ) -> float:
     "Median seconds of one training iteration of `variant` (fresh weights, a random batch) after two untimed ones."
     from ebm_nb.bench import time_call
@@ -557,3 +606,27 @@ def step_seconds(
     m = DualMCMC(cfg, shape, dev, generator=torch.Generator().manual_seed(0))
     batch = torch.rand(cfg.batch_size, *shape, generator=torch.Generator().manual_seed(1)).to(dev)
     return time_call(lambda: m.step(batch), reps=check_int("reps", reps), warmup=2, device=dev)["median_s"]
+
+# %% ../nbs/12_dual_mcmc.ipynb #27bd6110
+def paper_setup(
+    scale: str,  # smoke | quick | gpu | paper
+    dataset: str,  # fmnist | cifar10 | celeba64
+    device="auto",  # the notebook's device parameter
+    seed: int = 0,  # the notebook's base seed: seeds the global random numbers
+    out_dir=None,  # the notebook's out_dir (None: figures/dual_mcmc, or figures/_smoke/dual_mcmc at smoke)
+    **eval_overrides,  # changes to the scale's `dual_mcmc_eval` preset
+) -> tuple:
+    "A Dual-MCMC paper notebook's set-up; prints the preset, returns `(device, out_dir, metric, evaluation sizes)`."
+    from ebm_nb.core import seed_everything
+    from ebm_nb.presets import show_config
+    from ebm_nb.results import results_dir
+
+    check_choice("scale", scale, SCALES)
+    check_choice("dataset", dataset, DATASETS)
+    dev = pick_device(device)
+    seed_everything(seed)
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    ev = get_preset("dual_mcmc_eval", scale, dataset, **eval_overrides)
+    print(show_config(get_preset("dual_mcmc", scale, dataset), "Dual-MCMC"))
+    return dev, results_dir("dual_mcmc", scale, out_dir), METRIC[dataset], ev

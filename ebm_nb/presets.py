@@ -8,7 +8,7 @@ import dataclasses
 from .core import SCALES, check_choice
 
 # %% auto #0
-__all__ = ['PRESETS', 'register_preset', 'get_preset', 'show_config', 'EvalSizes']
+__all__ = ['PRESETS', 'SCALE_FALLBACK', 'register_preset', 'get_preset', 'show_config', 'EvalSizes']
 
 # %% ../nbs/00a_presets.ipynb #c7b749f0
 PRESETS: dict = {}
@@ -23,17 +23,27 @@ def register_preset(method: str, scale: str, dataset: str, cfg):
     return cfg
 
 # %% ../nbs/00a_presets.ipynb #16a4ff70
-def get_preset(method: str, scale: str, dataset: str, **overrides):
-    "A copy of the preset for `(method, scale, dataset)` with `overrides` applied."
-    check_choice("scale", scale, SCALES)
+SCALE_FALLBACK = {"cpu": "quick"}  # a scale without a preset of its own for a method takes this scale's
+
+
+def _preset_key(method: str, scale: str, dataset: str) -> tuple:
+    "The registered key `get_preset` uses: `(method, scale, dataset)`, or its fallback scale's."
     key = (method, scale, dataset)
+    if key not in PRESETS and scale in SCALE_FALLBACK:
+        key = (method, SCALE_FALLBACK[scale], dataset)
     if key not in PRESETS:
-        known = sorted({(m, d) for m, s, d in PRESETS if s == scale})
+        known = sorted({(m, d) for m, s, d in PRESETS if s in (scale, SCALE_FALLBACK.get(scale))})
         raise KeyError(
             f"No preset for method={method!r}, scale={scale!r}, dataset={dataset!r}; "
             f"at this scale there are: {', '.join(f'{m}/{d}' for m, d in known) or 'none'}."
         )
-    cfg = PRESETS[key]
+    return key
+
+
+def get_preset(method: str, scale: str, dataset: str, **overrides):
+    "A copy of the preset for `(method, scale, dataset)` with `overrides` applied."
+    check_choice("scale", scale, SCALES)
+    cfg = PRESETS[_preset_key(method, scale, dataset)]
     bad = set(overrides) - {f.name for f in dataclasses.fields(cfg)}
     if bad:
         raise TypeError(

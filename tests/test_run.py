@@ -31,7 +31,7 @@ def test_list_and_bad_input(tmp_path, capsys):
     assert main(["--papers-dir", papers, "--list"]) == 0
     assert "demo/t.ipynb" in capsys.readouterr().out
     assert main(["--papers-dir", papers, "--scale", "huge"]) == 2
-    assert "valid values are: smoke, quick, gpu, paper" in capsys.readouterr().err
+    assert "valid values are: smoke, quick, cpu, gpu, paper" in capsys.readouterr().err
     assert main(["--papers-dir", papers, "--paper", "nope"]) == 2
     with pytest.raises(ValueError, match="has no parameter"):
         run_notebook(tmp_path / "papers" / "demo" / "t.ipynb", "smoke", {"stepz": 3}, runs_dir=tmp_path / "runs")
@@ -91,7 +91,7 @@ def test_seed_is_checked_before_any_work(tmp_path, capsys, value):
 @pytest.mark.parametrize("name, value, message", [
     ("device", "gpu", "Unknown device 'gpu'; valid values are: auto, cpu, cuda, cuda:N."),
     ("device", "3", "Unknown device 3; valid values are: auto, cpu, cuda, cuda:N."),
-    ("scale", "huge", "Unknown scale 'huge'; valid values are: smoke, quick, gpu, paper."),
+    ("scale", "huge", "Unknown scale 'huge'; valid values are: smoke, quick, cpu, gpu, paper."),
     ("out_dir", "3", "out_dir must be a folder path (a string) or None, got 3."),
 ])
 def test_bad_parameters_fail_before_work(tmp_path, capsys, name, value, message):
