@@ -11,8 +11,8 @@ from .results import VERDICTS, tally
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
-           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'build_index', 'StaleIndex',
-           'write_index', 'report_main']
+           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'ladder_line', 'build_index',
+           'StaleIndex', 'write_index', 'report_main']
 
 # %% ../nbs/15_report.ipynb #9f0ac291
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
@@ -178,8 +178,21 @@ def _figures(folder: Path, stems: list[str]) -> dict:
 def _verdicts(checks) -> str:
     return tally(checks) if checks else "none recorded"
 
+# %% ../nbs/15_report.ipynb #b18a181e
+def ladder_line(tables: list[dict]) -> str:
+    "One line with the reference ladder's FD-FMNIST / IS-FMNIST per rung, for beside an image table; '' if none."
+    ladder = next((t for t in tables if t["paper"] == "reference" and t["stem"].startswith("ladder")), None)
+    if ladder is None:
+        return ""
+    rungs = " · ".join(
+        f"{r['rung']} {format_cell(r.get('fd_fmnist'))} / {format_cell(r.get('is_fmnist'))}" for r in ladder["rows"]
+    )
+    return (
+        f"Reference ladder, FD-FMNIST / IS-FMNIST ([reference/{ladder['stem']}](#reference{ladder['stem']})): {rungs}."
+    )
+
 # %% ../nbs/15_report.ipynb #3321e570
-def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
+def _section(t: dict, figs: list[str], nb, root: Path, ladder: str = "") -> list[str]:
     m, paper, stem = t["meta"], t["paper"], t["stem"]
     out = [f"### {paper}/{stem}", ""]
     if nb is not None:
@@ -210,7 +223,10 @@ def _section(t: dict, figs: list[str], nb, root: Path) -> list[str]:
         "",
     ]
     out += [f"![{p}]({paper}/{p})" for p in figs] + ([""] if figs else [])
-    out += [rows_markdown(t["rows"]), "", "Claims of the paper:", "", checks_markdown(table_checks(m)), ""]
+    out += [rows_markdown(t["rows"]), ""]
+    if ladder and any("fd_fmnist" in r for r in t["rows"]) and t["paper"] != "reference":
+        out += [ladder, ""]
+    out += ["Claims of the paper:", "", checks_markdown(table_checks(m)), ""]
     return out
 
 # %% ../nbs/15_report.ipynb #d57d0365
@@ -252,7 +268,7 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
         figs = _figures(root / paper, [t["stem"] for t in mine])
         out += [f"## {'Benchmarks' if paper == BENCHMARKS else paper}", ""]
         for t in mine:
-            out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root)
+            out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root, ladder_line(tables))
         if figs.get(None):
             out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
     return "\n".join(out).rstrip() + "\n"
