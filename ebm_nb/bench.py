@@ -11,9 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from .core import check_positive, pick_device
 from .results import device_name
+from dataclasses import dataclass
+from .presets import register_preset
 
 # %% auto #0
-__all__ = ['synchronize', 'time_call', 'flops_of', 'matmul_peak', 'compare']
+__all__ = ['synchronize', 'time_call', 'flops_of', 'matmul_peak', 'compare', 'BenchSizes']
 
 # %% ../nbs/08_bench.ipynb #47f6ed9c
 def synchronize(device) -> None:
@@ -109,3 +111,22 @@ def compare(
         "peak_tflops": peak / 1e12,
         "peak_dtype": str(peak_dtype).replace("torch.", ""),
     }
+
+# %% ../nbs/08_bench.ipynb #0e5012fa
+@dataclass
+class BenchSizes:
+    "The sizes of the benchmark notebook's Langevin row at one scale."
+
+    batch: int  # images per chain
+    steps: int  # Langevin steps timed per call
+    width: int  # base width of the conv energy
+    cpu_reps: int = 5  # at most this many timed repetitions on a CPU
+
+
+for _scale, _s in {
+    "smoke": BenchSizes(batch=16, steps=5, width=16, cpu_reps=3),
+    "quick": BenchSizes(batch=64, steps=20, width=32),
+    "gpu": BenchSizes(batch=128, steps=60, width=64),
+    "paper": BenchSizes(batch=128, steps=60, width=128),
+}.items():
+    register_preset("bench", _scale, "fmnist", _s)
