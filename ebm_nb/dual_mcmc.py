@@ -518,18 +518,22 @@ def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
 
 # %% ../nbs/12_dual_mcmc.ipynb #e47d826e
 def _gen_scores(m: DualMCMC, dataset: str, dev, n_eval: int, n_ref, n_show: int, samples: dict) -> dict:
-    "FD (or FID) and KID of `m`'s EBM-revised and raw generator samples; their first `n_show` go to `samples`."
+    """FD (or FID), KID, IS, density and coverage of `m`'s EBM-revised and raw generator samples; the first `n_show` go
+    to `samples`."""
     from ebm_nb.metrics import feature_stats, image_eval
 
     feats, metric = feature_fn(dataset, dev), METRIC[dataset]
     ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
     keep = lambda name: lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None
     ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
-    row = {metric: ebm[metric], "kid": ebm["kid"], "kid_std": ebm["kid_std"], "n_eval": ebm["n_eval"]}
+    is_key = metric.replace("fd", "is", 1) if metric.startswith("fd") else "is"
+    keys = (metric, "kid", "kid_std", is_key, "density", "coverage")
+    row = {k: ebm.get(k) for k in keys} | {"n_eval": ebm["n_eval"]}
     row["n_ref"] = ebm["n_ref"]
     if "generator" in m.nets:
         raw = image_eval(lambda k: m.sample(k, revise=False), n_eval, ref, feats, metric, chunk_fn=keep("generator"))
         row |= {f"{metric}_gen": raw[metric], "kid_gen": raw["kid"], "kid_gen_std": raw["kid_std"]}
+        row |= {f"{is_key}_gen": raw.get(is_key), "coverage_gen": raw["coverage"]}
     return row
 
 # %% ../nbs/12_dual_mcmc.ipynb #7a0265cc

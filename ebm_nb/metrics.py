@@ -24,7 +24,7 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
            'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
            'FeatureStats', 'feature_stats', 'image_eval', 'blur', 'ladder_images', 'ladder_path', 'quality_floor',
-           'below_floor', 'not_testable', 'ladder_job']
+           'below_floor', 'not_testable', 'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -763,6 +763,29 @@ def not_testable(rows: list[dict], floor: dict, fd: str = "fd_fmnist", is_: str 
             f"FD-FMNIST {floor[fd]:.1f}, IS-FMNIST {floor[is_]:.2f})"
         )
     return None
+
+# %% ../nbs/04_metrics.ipynb #6575a538
+def quality_claim(
+    claim: str,  # the paper's claim, e.g. "Dual-MCMC's samples beat cooperative learning's"
+    paper,  # what the paper reports
+    a: dict,  # the row that should be better: its FD, IS, 'kid', 'kid_std'
+    b: dict,  # the row it should beat
+    floor: dict | None,  # the quality floor (`quality_floor()`), or None where there is none (Inception FID)
+    fd: str = "fd_fmnist",  # the FD key of the rows
+    is_: str = "is_fmnist",  # the IS key of the rows
+) -> dict:
+    "A three-state `check`: A's FD below B's, unless both are below the quality floor or the KIDs are within noise."
+    from ebm_nb.results import check
+
+    noise = a["kid_std"] + b["kid_std"]
+    note = f"KID {a['kid']:.3f} ± {a['kid_std']:.3f} vs {b['kid']:.3f} ± {b['kid_std']:.3f}"
+    if a.get(is_) is not None and b.get(is_) is not None:
+        note += f"; IS {a[is_]:.2f} vs {b[is_]:.2f}"
+    reason = not_testable([a, b], floor, fd, is_) if floor else None
+    if reason is None and abs(a["kid"] - b["kid"]) <= noise:
+        reason = "not testable at this scale: the difference is within the KID noise"
+    holds = None if reason else bool(a[fd] < b[fd])
+    return check(claim, paper, f"{a[fd]:.2f} vs {b[fd]:.2f}", holds, f"{note}" + (f"; {reason}" if reason else ""))
 
 # %% ../nbs/04_metrics.ipynb #ff1b1bac
 from .presets import EvalSizes, register_preset
