@@ -11,9 +11,11 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .nets import _gn  # one GroupNorm rule for every net
 from .core import check_choice, check_positive, pick_device, check_int
 from .presets import register_preset
+from .sampling import ChainCallback, check_callback
 
 # %% auto #0
 __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', 'var_betas', 'karras_sigmas', 'ancestral_sigmas',
@@ -21,21 +23,21 @@ __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', '
            'timestep_embedding', 'TimeMLP', 'ResBlock', 'SmallUNet', 'DiffusionSampler', 'scratch_sampler',
            'ddpm_sampler', 'rollout', 'ddpm_sample', 'DDPMConfig', 'DDPM']
 
-# %% ../nbs/13_diffusion.ipynb #29cf0bf4
+# %% ../nbs/13_diffusion.ipynb #49a7e26a
 def _check_beta_range(start, end):
     check_positive("start", start)
     check_positive("end", end)
     if not start <= end < 1:
         raise ValueError(f"betas must satisfy 0 < start <= end < 1, got start={start}, end={end}.")
 
-
+# %% ../nbs/13_diffusion.ipynb #96e1ed77
 def linear_betas(n: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
     "DDPM's linear beta schedule: `n` betas from `start` to `end` (float64)."
     check_int("n", n)
     _check_beta_range(start, end)
     return torch.linspace(start, end, n, dtype=torch.float64)
 
-
+# %% ../nbs/13_diffusion.ipynb #acefbb5e
 def alpha_bars(betas: Tensor) -> Tensor:
     "Cumulative products $\\bar\\alpha_k = \\prod_{j\\le k} (1-\\beta_j)$ (float64)."
     betas = torch.as_tensor(betas, dtype=torch.float64)
@@ -43,7 +45,7 @@ def alpha_bars(betas: Tensor) -> Tensor:
         raise ValueError(f"betas must be a non-empty 1-D tensor with values in (0, 1), got shape {tuple(betas.shape)}.")
     return torch.cumprod(1 - betas, 0)
 
-# %% ../nbs/13_diffusion.ipynb #c8547767
+# %% ../nbs/13_diffusion.ipynb #f1876f6e
 def _var_betas(T: int, start: float, target: float) -> Tensor:
     "Quadratic betas start*(1 + i x)^2 whose product of (1 - beta) reaches `target`, x capped at 0.95/(sqrt(start) T)."
     i = torch.arange(T, dtype=torch.float64)
@@ -57,17 +59,17 @@ def _var_betas(T: int, start: float, target: float) -> Tensor:
         lo, hi = (mid, hi) if prod(mid) > target else (lo, mid)
     return betas(hi)
 
-
+# %% ../nbs/13_diffusion.ipynb #a03cc16a
 def var_betas(T: int, n_ref: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
     "FastDPM's quadratic 'VAR' schedule of `T` betas matching the final alpha-bar of the linear `n_ref`-step schedule."
     check_int("T", T)
     return _var_betas(T, start, alpha_bars(linear_betas(n_ref, start, end))[-1].item())
 
-# %% ../nbs/13_diffusion.ipynb #47352cfa
+# %% ../nbs/13_diffusion.ipynb #9f6865b0
 def karras_sigmas(
     T: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, append_zero: bool = False
 ) -> Tensor:
-    "`T` noise levels from `sigma_max` down to `sigma_min`, spaced uniformly in sigma^(1/rho); `append_zero` adds a final 0."
+    "`T` noise levels from `sigma_max` down to `sigma_min`, uniform in sigma^(1/rho); `append_zero` adds a final 0."
     check_int("T", T)
     check_positive("sigma_min", sigma_min)
     check_positive("rho", rho)
@@ -77,13 +79,13 @@ def karras_sigmas(
     s = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([s, s.new_zeros(1)]) if append_zero else s
 
-
+# %% ../nbs/13_diffusion.ipynb #7092e210
 def ancestral_sigmas(sigma_from: Tensor, sigma_to: Tensor) -> tuple[Tensor, Tensor]:
     "Split an ancestral step from `sigma_from` to `sigma_to` into (sigma_down, sigma_up)."
     up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).clamp(min=0).sqrt()
     return (sigma_to**2 - up**2).clamp(min=0).sqrt(), up
 
-# %% ../nbs/13_diffusion.ipynb #b21c75eb
+# %% ../nbs/13_diffusion.ipynb #07492cee
 @dataclass
 class Schedule:
     "A discrete diffusion schedule: `betas` over its `n` steps, in diffusion order (index 0 = least noise)."
@@ -103,7 +105,7 @@ class Schedule:
         "DDPM's linear schedule."
         return cls(linear_betas(n, start, end))
 
-
+# %% ../nbs/13_diffusion.ipynb #c4f6f60d
 def continuous_time(schedule: Schedule, alpha_bar: Tensor) -> Tensor:
     "The (fractional) timestep of `schedule` at which its alpha-bar equals `alpha_bar` (log alpha-bar interpolated)."
     ref = -schedule.alpha_bar.log().numpy()
@@ -113,13 +115,13 @@ def continuous_time(schedule: Schedule, alpha_bar: Tensor) -> Tensor:
         )
     )
 
-
+# %% ../nbs/13_diffusion.ipynb #897b8bb0
 def step_coeffs(alpha_bar: Tensor, alpha_bar_next: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-    "(a, c) of the step x' = a x + c eps(x) + sigma z from noise level `alpha_bar` to `alpha_bar_next` (sigma^2 capped at 1 - alpha_bar_next)."
+    "(a, c) of the step x' = a x + c eps(x) + sigma z from `alpha_bar` to `alpha_bar_next` (sigma^2 capped)."
     a = (alpha_bar_next / alpha_bar).sqrt()
     return a, (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() - (1 - alpha_bar).sqrt() * a
 
-
+# %% ../nbs/13_diffusion.ipynb #7f796e44
 def to_rl(v: Tensor) -> Tensor:
     "Per-step tensor in diffusion order (k = 0 least noisy) -> RL order (t = 0 noisiest); t = T - 1 - k."
     return v.flip(0)
@@ -127,10 +129,10 @@ def to_rl(v: Tensor) -> Tensor:
 
 from_rl = to_rl  # the inverse permutation is the same flip
 
-# %% ../nbs/13_diffusion.ipynb #fb2b7a25
+# %% ../nbs/13_diffusion.ipynb #8f960c2b
 @dataclass
 class RLSteps:
-    "Per-step coefficients in RL order (t = 0 starts from noise): x_{t+1} = a[t] x_t + c[t] eps(x_t, time[t]) + sigma[t] z."
+    "Per-step coefficients in RL order (t = 0 from noise): x_{t+1} = a[t] x_t + c[t] eps(x_t, time[t]) + sigma[t] z."
 
     time: Tensor  # (T,) the eps-net's time input
     alpha_bar: Tensor  # (T,) noise level of x_t
@@ -143,10 +145,10 @@ class RLSteps:
     def T(self) -> int:
         return len(self.time)
 
-
+# %% ../nbs/13_diffusion.ipynb #bbc66f3b
 @dataclass
 class Respaced:
-    "A T-step sub-schedule of a reference schedule, per-step tensors in diffusion order (k = 0 is the last sampling step)."
+    "A T-step sub-schedule of a reference schedule, per-step tensors in diffusion order (k = 0: the last step)."
 
     time: Tensor  # (T,) the eps-net's time input at step k, in reference timesteps (may be fractional)
     alpha_bar: Tensor  # (T,) noise level the step starts from
@@ -166,36 +168,45 @@ class Respaced:
         a, c = step_coeffs(self.alpha_bar, self.alpha_bar_prev, self.sigma)
         return RLSteps(*(to_rl(v) for v in (self.time, self.alpha_bar, self.alpha_bar_prev, self.sigma, a, c)))
 
-
-RESPACINGS = ("even", "var")
-
-
+# %% ../nbs/13_diffusion.ipynb #591705db
 def posterior_std(alpha_bar: Tensor, alpha_bar_prev: Tensor) -> Tensor:
     "DDPM posterior std of q(x_{k-1} | x_k, x_0) for a step from `alpha_bar` to `alpha_bar_prev`."
     return ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
 
+# %% ../nbs/13_diffusion.ipynb #8c5d5abf
+RESPACINGS = ("even", "var")
 
-def respace(schedule: Schedule, T: int, kind: str = "even", last_sigma: float | None = None) -> Respaced:
+
+def _levels(schedule: Schedule, T: int, kind: str) -> tuple[Tensor, Tensor]:
+    "(time inputs, alpha-bars) of the T levels a respaced sampler visits, in diffusion order."
+    if kind == "even":
+        if T > schedule.n:
+            raise ValueError(f"T={T} exceeds the {schedule.n} steps of the reference schedule; use T <= {schedule.n}.")
+        idx = torch.linspace(schedule.n - 1, 0, T, dtype=torch.float64).round().long().flip(0)
+        return idx.double(), schedule.alpha_bar[idx]
+    ab = alpha_bars(_var_betas(T, schedule.betas[0].item(), schedule.alpha_bar[-1].item()))
+    return continuous_time(schedule, ab), ab
+
+# %% ../nbs/13_diffusion.ipynb #78db78be
+def respace(
+    schedule: Schedule,  # the reference schedule the net was trained on
+    T: int,  # sampler steps
+    kind: str = "even",  # "even": evenly spaced timesteps; "var": FastDPM's noise levels
+    last_sigma: float | None = None,  # override the noise std of the last sampling step (DxMI: 1e-3)
+) -> Respaced:
     "T-step sub-schedule of `schedule`: 'even' timesteps (first and last included) or FastDPM's 'var' noise levels."
     T = check_int("T", T)
     check_choice("kind", kind, RESPACINGS)
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {type(schedule).__name__}; use Schedule.linear().")
-    if kind == "even":
-        if T > schedule.n:
-            raise ValueError(f"T={T} exceeds the {schedule.n} steps of the reference schedule; use T <= {schedule.n}.")
-        idx = torch.linspace(schedule.n - 1, 0, T, dtype=torch.float64).round().long().flip(0)
-        time, ab = idx.double(), schedule.alpha_bar[idx]
-    else:
-        ab = alpha_bars(_var_betas(T, schedule.betas[0].item(), schedule.alpha_bar[-1].item()))
-        time = continuous_time(schedule, ab)
+    time, ab = _levels(schedule, T, kind)
     ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
     sigma = posterior_std(ab, ab_prev)
     if last_sigma is not None:
         sigma[0] = check_positive("last_sigma", last_sigma, zero_ok=True)
     return Respaced(time, ab, ab_prev, sigma)
 
-# %% ../nbs/13_diffusion.ipynb #6241f0a9
+# %% ../nbs/13_diffusion.ipynb #c10c4c6b
 def _time(t, n: int, device) -> Tensor:
     "Time input as a float (n,) tensor on `device`, broadcasting a number or a 0-d tensor."
     t = torch.as_tensor(t, dtype=torch.float32, device=device)
@@ -205,9 +216,9 @@ def _time(t, n: int, device) -> Tensor:
         raise ValueError(f"t must be a number or a (N,) tensor with N = {n}, got shape {tuple(t.shape)}.")
     return t
 
-
+# %% ../nbs/13_diffusion.ipynb #bace918f
 def timestep_embedding(t, dim: int, max_period: float = 10000.0) -> Tensor:
-    "Sinusoidal embedding (N, dim) of times `t` (a number or an (N,) tensor): [cos(t w_j), sin(t w_j)], w_j = max_period^(-j/half)."
+    "Sinusoidal embedding (N, dim) of times `t` (a number or (N,)): [cos(t w_j), sin(t w_j)], w_j = max_period^(-j/h)."
     check_int("dim", dim)
     t = torch.as_tensor(t, dtype=torch.float32)
     t = _time(t, 1 if t.ndim == 0 else len(t), t.device)
@@ -245,14 +256,17 @@ class TimeMLP(nn.Module):
             d = hidden
         self.net = nn.Sequential(*layers, nn.Linear(d, out_dim))
 
-    def forward(self, x: Tensor, t) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(
-                f"TimeMLP(dim={self.dim}) needs x of shape (N, {self.dim}), got {tuple(x.shape)}; flatten or pick dim to match."
-            )
-        return self.net(torch.cat([x, timestep_embedding(_time(t, len(x), x.device), self.emb_dim).to(x.dtype)], 1))
+# %% ../nbs/13_diffusion.ipynb #8bf59d53
+@patch
+def forward(self: TimeMLP, x: Tensor, t) -> Tensor:
+    if x.ndim != 2 or x.shape[1] != self.dim:
+        raise ValueError(
+            f"TimeMLP(dim={self.dim}) needs x of shape (N, {self.dim}), got {tuple(x.shape)}; "
+            "flatten or pick dim to match."
+        )
+    return self.net(torch.cat([x, timestep_embedding(_time(t, len(x), x.device), self.emb_dim).to(x.dtype)], 1))
 
-# %% ../nbs/13_diffusion.ipynb #ae576942
+# %% ../nbs/13_diffusion.ipynb #42325bed
 class ResBlock(nn.Module):
     "Residual conv block with the time embedding added after the first conv."
 
@@ -267,75 +281,93 @@ class ResBlock(nn.Module):
         h = self.conv1(x) + self.emb(emb)[:, :, None, None]
         return self.skip(x) + self.conv2(h)
 
+# %% ../nbs/13_diffusion.ipynb #c8c4b70b
+def _check_unet_args(in_ch, size, ch, ch_mult, emb_dim, dropout):
+    "Fail before building a SmallUNet whose sizes do not fit."
+    for k, v in dict(in_ch=in_ch, size=size, ch=ch, emb_dim=emb_dim).items():
+        check_int(k, v)
+    if not ch_mult or not all(isinstance(m, int) and m >= 1 for m in ch_mult):
+        raise ValueError(f"ch_mult must be a non-empty tuple of positive integers, got {ch_mult!r}; e.g. (1, 2, 2).")
+    if size % 2 ** (len(ch_mult) - 1):
+        raise ValueError(
+            f"size={size} must be divisible by {2 ** (len(ch_mult) - 1)} for {len(ch_mult) - 1} downsamplings; "
+            "use 28 or 32 with ch_mult=(1, 2, 2)."
+        )
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
 
+# %% ../nbs/13_diffusion.ipynb #ef47ecb8
+def _unet_down(ch: int, chans: list, emb_dim: int, dropout: float) -> tuple[nn.ModuleList, nn.ModuleList]:
+    "The way down: a ResBlock per resolution, each but the last followed by a stride-2 conv."
+    down, pool, c = nn.ModuleList(), nn.ModuleList(), ch
+    for i, co in enumerate(chans):
+        down.append(ResBlock(c, co, emb_dim, dropout))
+        c = co
+        pool.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
+    return down, pool
+
+# %% ../nbs/13_diffusion.ipynb #f0d64b0d
+def _unet_up(c: int, chans: list, emb_dim: int, dropout: float) -> tuple[nn.ModuleList, nn.ModuleList]:
+    "The way up: a ResBlock per resolution on [h, skip], each but the last followed by a 2x upsampling and a conv."
+    up, unpool = nn.ModuleList(), nn.ModuleList()
+    for i, co in reversed(list(enumerate(chans))):
+        up.append(ResBlock(c + co, co, emb_dim, dropout))
+        c = co
+        up2 = nn.Upsample(scale_factor=2, mode="nearest")
+        unpool.append(nn.Sequential(up2, nn.Conv2d(c, c, 3, padding=1)) if i > 0 else nn.Identity())
+    return up, unpool
+
+# %% ../nbs/13_diffusion.ipynb #40de4135
 class SmallUNet(nn.Module):
     "Time-conditioned UNet for eps prediction: (N, in_ch, size, size), t -> same shape."
 
     def __init__(
         self,
-        in_ch: int = 1,
-        size: int = 28,
-        ch: int = 32,
-        ch_mult: tuple = (1, 2, 2),
-        emb_dim: int = 128,
+        in_ch: int = 1,  # image channels
+        size: int = 28,  # image side
+        ch: int = 32,  # base channels
+        ch_mult: tuple = (1, 2, 2),  # channel multiplier per resolution
+        emb_dim: int = 128,  # time embedding width
         dropout: float = 0.0,
     ):
         super().__init__()
-        for k, v in dict(in_ch=in_ch, size=size, ch=ch, emb_dim=emb_dim).items():
-            check_int(k, v)
-        if not ch_mult or not all(isinstance(m, int) and m >= 1 for m in ch_mult):
-            raise ValueError(
-                f"ch_mult must be a non-empty tuple of positive integers, got {ch_mult!r}; e.g. (1, 2, 2)."
-            )
-        if size % 2 ** (len(ch_mult) - 1):
-            raise ValueError(
-                f"size={size} must be divisible by {2 ** (len(ch_mult) - 1)} for {len(ch_mult) - 1} downsamplings; use 28 or 32 with ch_mult=(1, 2, 2)."
-            )
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}.")
+        _check_unet_args(in_ch, size, ch, ch_mult, emb_dim, dropout)
         self.in_ch, self.size, self.ch = in_ch, size, ch
         self.temb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.stem = nn.Conv2d(in_ch, ch, 3, padding=1)
-        chans, c = [ch * m for m in ch_mult], ch
-        self.down, self.pool = nn.ModuleList(), nn.ModuleList()
-        for i, co in enumerate(chans):
-            self.down.append(ResBlock(c, co, emb_dim, dropout))
-            c = co
-            self.pool.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
+        chans = [ch * m for m in ch_mult]
+        self.down, self.pool = _unet_down(ch, chans, emb_dim, dropout)
+        c = chans[-1]
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, dropout), ResBlock(c, c, emb_dim, dropout)])
-        self.up, self.unpool = nn.ModuleList(), nn.ModuleList()
-        for i, co in reversed(list(enumerate(chans))):
-            self.up.append(ResBlock(c + co, co, emb_dim, dropout))
-            c = co
-            self.unpool.append(
-                nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1))
-                if i > 0
-                else nn.Identity()
-            )
-        self.out = nn.Sequential(_gn(c), nn.SiLU(), nn.Conv2d(c, in_ch, 3, padding=1))
+        self.up, self.unpool = _unet_up(c, chans, emb_dim, dropout)
+        self.out = nn.Sequential(_gn(ch * ch_mult[0]), nn.SiLU(), nn.Conv2d(ch * ch_mult[0], in_ch, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t) -> Tensor:
-        if x.ndim != 4 or x.shape[1:] != (self.in_ch, self.size, self.size):
-            raise ValueError(
-                f"SmallUNet(in_ch={self.in_ch}, size={self.size}) needs x of shape (N, {self.in_ch}, {self.size}, {self.size}), got {tuple(x.shape)}."
-            )
-        emb = self.temb(timestep_embedding(_time(t, len(x), x.device), self.ch).to(x.dtype))
-        h, skips = self.stem(x), []
-        for block, pool in zip(self.down, self.pool):
-            h = block(h, emb)
-            skips.append(h)
-            h = pool(h)
-        for block in self.mid:
-            h = block(h, emb)
-        for block, unpool in zip(self.up, self.unpool):
-            h = unpool(block(torch.cat([h, skips.pop()], 1), emb))
-        return self.out(h)
+# %% ../nbs/13_diffusion.ipynb #392c5d81
+@patch
+def forward(self: SmallUNet, x: Tensor, t) -> Tensor:
+    "Predicted noise of images `x` at times `t` (a number or (N,))."
+    if x.ndim != 4 or x.shape[1:] != (self.in_ch, self.size, self.size):
+        raise ValueError(
+            f"SmallUNet(in_ch={self.in_ch}, size={self.size}) needs x of shape "
+            f"(N, {self.in_ch}, {self.size}, {self.size}), got {tuple(x.shape)}."
+        )
+    emb = self.temb(timestep_embedding(_time(t, len(x), x.device), self.ch).to(x.dtype))
+    h, skips = self.stem(x), []
+    for block, pool in zip(self.down, self.pool):
+        h = block(h, emb)
+        skips.append(h)
+        h = pool(h)
+    for block in self.mid:
+        h = block(h, emb)
+    for block, unpool in zip(self.up, self.unpool):
+        h = unpool(block(torch.cat([h, skips.pop()], 1), emb))
+    return self.out(h)
 
 # %% ../nbs/13_diffusion.ipynb #847e69c7
 class DiffusionSampler(nn.Module):
-    "T-step Gaussian policy x_{t+1} = a_t x_t + c_t net(x_t, time_t) + sigma_t eps in RL time (x_0 ~ N(0, I), x_T the sample)."
+    "T-step Gaussian policy x_{t+1} = a_t x_t + c_t net(x_t, time_t) + sigma_t eps in RL time (x_0 ~ N(0, I))."
 
     def __init__(self, net: nn.Module, shape: tuple, a, c, time, sigma, fix_last: bool = False):
         super().__init__()
@@ -358,19 +390,26 @@ class DiffusionSampler(nn.Module):
             ls = torch.cat([ls[:-1], ls[-1:].detach()])
         return ls.exp()
 
-    def mean(self, x: Tensor, t: Tensor) -> Tensor:
-        "Mean of pi(x_{t+1} | x_t) for per-sample step indices `t` (N,)."
-        view = (-1,) + (1,) * (x.ndim - 1)
-        return self.a[t].view(view) * x + self.c[t].view(view) * self.net(x, self.time[t])
+# %% ../nbs/13_diffusion.ipynb #afb67bc4
+@patch
+def mean(self: DiffusionSampler, x: Tensor, t: Tensor) -> Tensor:
+    "Mean of pi(x_{t+1} | x_t) for per-sample step indices `t` (N,)."
+    view = (-1,) + (1,) * (x.ndim - 1)
+    return self.a[t].view(view) * x + self.c[t].view(view) * self.net(x, self.time[t])
 
-    def step(self, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        "Reparameterised x_{t+1}: gradients reach the net and log sigma."
-        return self.mean(x, t) + self.sigma()[t].view((-1,) + (1,) * (x.ndim - 1)) * noise
 
-    def start(self, n: int, generator=None) -> Tensor:
-        return torch.randn(n, *self.shape, generator=generator).to(self.a.device)
+@patch
+def step(self: DiffusionSampler, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    "Reparameterised x_{t+1}: gradients reach the net and log sigma."
+    return self.mean(x, t) + self.sigma()[t].view((-1,) + (1,) * (x.ndim - 1)) * noise
 
-# %% ../nbs/13_diffusion.ipynb #804b6a1c
+# %% ../nbs/13_diffusion.ipynb #4bf25871
+@patch
+def start(self: DiffusionSampler, n: int, generator=None) -> Tensor:
+    "x_0 ~ N(0, I): `n` starts, drawn with `generator` on its device and moved to the sampler's."
+    return torch.randn(n, *self.shape, generator=generator).to(self.a.device)
+
+# %% ../nbs/13_diffusion.ipynb #245dc84a
 def scratch_sampler(
     dim: int, T: int, init_sigma: float = 0.5, hidden: int = 128, depth: int = 3, fix_last: bool = False
 ) -> DiffusionSampler:
@@ -379,28 +418,35 @@ def scratch_sampler(
     ones = torch.ones(T)
     return DiffusionSampler(net, (dim,), ones, ones, torch.arange(T, dtype=torch.float32), ones * init_sigma, fix_last)
 
-
+# %% ../nbs/13_diffusion.ipynb #e68a6106
 def ddpm_sampler(
-    eps_net: nn.Module,
-    shape: tuple,
-    T: int,
-    schedule: Schedule | None = None,
-    kind: str = "even",
-    last_sigma: float | None = 1e-3,
-    fix_last: bool = True,
+    eps_net: nn.Module,  # a noise-prediction net eps(x, t) trained on `schedule`
+    shape: tuple,  # shape of one sample
+    T: int,  # sampler steps
+    schedule: Schedule | None = None,  # default: DDPM's linear 1000 steps
+    kind: str = "even",  # respacing, see `respace`
+    last_sigma: float | None = 1e-3,  # noise std of the last step
+    fix_last: bool = True,  # freeze the last sigma
 ) -> DiffusionSampler:
-    "A sampler initialised from a noise-prediction net trained on `schedule` (default: DDPM's linear 1000 steps), respaced to T steps."
+    "A sampler initialised from a noise-prediction net, respaced to T steps (sigma_t at the DDPM posterior std)."
     schedule = schedule or Schedule.linear()
     rl = respace(schedule, T, kind, last_sigma).rl()
     return DiffusionSampler(eps_net, shape, rl.a, rl.c, rl.time, rl.sigma.clamp(min=1e-4), fix_last)
 
-# %% ../nbs/13_diffusion.ipynb #c5cc1092
+# %% ../nbs/13_diffusion.ipynb #3b2fdc34
 @torch.no_grad()
 def rollout(
-    sampler: DiffusionSampler, n: int, generator=None, guide: Callable | None = None, callback: Callable | None = None
+    sampler: DiffusionSampler,  # the T-step policy
+    n: int,  # trajectories
+    generator=None,  # draws x_0 and every step's noise
+    guide: Callable | None = None,  # guide(x, t) may revise each x_{t+1} (e.g. value guidance), with gradients on
+    callback: ChainCallback | None = None,  # callback(i, x_i, None) for i = 0..T: the one chain signature (03)
 ) -> list[Tensor]:
-    "The trajectory x_0..x_T of `n` samples (model space); `guide(x, t)` may revise each x_{t+1}; `callback(t, x_t)`."
+    "The trajectory x_0..x_T of `n` samples (model space)."
+    check_callback(callback)
     xs, sig = [sampler.start(n, generator)], sampler.sigma()
+    if callback is not None:
+        callback(0, xs[0], None)
     for t in range(sampler.T):
         tt = torch.full((n,), t, device=xs[-1].device)
         x = sampler.mean(xs[-1], tt) + sig[t] * torch.randn(xs[-1].shape, generator=generator).to(xs[-1].device)
@@ -409,10 +455,10 @@ def rollout(
                 x = guide(x, t).detach()  # e.g. value guidance: a gradient step on V(x, t+1)
         xs.append(x)
         if callback is not None:
-            callback(t + 1, x)
+            callback(t + 1, x, None)  # no energy: a sampler's chain has none
     return xs
 
-
+# %% ../nbs/13_diffusion.ipynb #a6422432
 def ddpm_sample(
     eps_net: nn.Module, shape: tuple, n: int, T: int, schedule: Schedule | None = None, generator=None
 ) -> Tensor:
@@ -421,7 +467,7 @@ def ddpm_sample(
         ddpm_sampler(eps_net, shape, T, schedule, last_sigma=0.0).to(next(eps_net.parameters()).device), n, generator
     )[-1]
 
-# %% ../nbs/13_diffusion.ipynb #65498dab
+# %% ../nbs/13_diffusion.ipynb #4d14d44e
 @dataclass
 class DDPMConfig:
     "Hyperparameters of a DDPM (eps prediction, linear schedule)."
@@ -438,7 +484,7 @@ class DDPMConfig:
             check_int(k, getattr(self, k))
         check_positive("lr", self.lr)
 
-
+# %% ../nbs/13_diffusion.ipynb #d46f6e62
 class DDPM:
     "A denoising diffusion model on vectors (TimeMLP) or images (SmallUNet), trained by eps prediction."
 
@@ -458,35 +504,47 @@ class DDPM:
         self._ab = self.schedule.alpha_bar.float().to(self.device)
 
     def energy(self, x):
+        "A DDPM has no energy: fails with a pointer to one that has."
         raise NotImplementedError(
             "A DDPM has no energy function; use an EBM method (e.g. ebm_nb.gcd.GCD) for energies."
         )
 
-    def step(self, batch: Tensor) -> dict:
-        x0 = batch.to(self.device) * 2 - 1 if self.images else batch.to(self.device)
-        k = torch.randint(self.cfg.n_steps, (len(x0),), generator=self.gen).to(self.device)
-        eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
-        ab = self._ab[k].view((-1,) + (1,) * (x0.ndim - 1))
-        loss = F.mse_loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, k), eps)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.detach()}
+# %% ../nbs/13_diffusion.ipynb #1afac98f
+@patch
+def step(self: DDPM, batch: Tensor) -> dict:
+    "One eps-prediction step on a batch at uniformly random timesteps."
+    x0 = batch.to(self.device) * 2 - 1 if self.images else batch.to(self.device)
+    k = torch.randint(self.cfg.n_steps, (len(x0),), generator=self.gen).to(self.device)
+    eps = torch.randn(x0.shape, generator=self.gen).to(self.device)
+    ab = self._ab[k].view((-1,) + (1,) * (x0.ndim - 1))
+    loss = F.mse_loss(self.net(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, k), eps)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    return {"loss": loss.detach()}
 
-    def sample(self, n: int, steps: int | None = None) -> Tensor:
-        "n samples by ancestral sampling with `steps` respaced steps (default: all n_steps)."
-        x = ddpm_sample(self.net, self.shape, n, steps or self.cfg.n_steps, self.schedule, self.gen)
-        return (((x + 1) / 2).clamp(0, 1) if self.images else x).cpu()
+# %% ../nbs/13_diffusion.ipynb #f0ad111d
+@patch
+def sample(self: DDPM, n: int, steps: int | None = None) -> Tensor:
+    "n samples by ancestral sampling with `steps` respaced steps (default: all n_steps)."
+    x = ddpm_sample(self.net, self.shape, n, steps or self.cfg.n_steps, self.schedule, self.gen)
+    return (((x + 1) / 2).clamp(0, 1) if self.images else x).cpu()
 
-    def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
+# %% ../nbs/13_diffusion.ipynb #c1c8e665
+@patch
+def state_dict(self: DDPM) -> dict:
+    "The net, the optimiser and the generator."
+    return {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
 
-    def load_state_dict(self, sd: dict):
-        self.net.load_state_dict(sd["net"])
-        self.opt.load_state_dict(sd["opt"])
-        self.gen.set_state(sd["gen"])
 
-# %% ../nbs/13_diffusion.ipynb #3b06c41a
+@patch
+def load_state_dict(self: DDPM, sd: dict):
+    "Restore from `state_dict()`."
+    self.net.load_state_dict(sd["net"])
+    self.opt.load_state_dict(sd["opt"])
+    self.gen.set_state(sd["gen"])
+
+# %% ../nbs/13_diffusion.ipynb #12c0602b
 for _scale, _kw in {
     "smoke": dict(hidden=64, iters=300),
     "quick": dict(hidden=128, iters=20000),
@@ -494,9 +552,11 @@ for _scale, _kw in {
     "paper": dict(hidden=256, iters=30000, batch_size=1024),
 }.items():
     register_preset("ddpm", _scale, "toy2d", DDPMConfig(**_kw))
+
+# %% ../nbs/13_diffusion.ipynb #8962237b
 # images (SmallUNet base channels = hidden): CPU-sized below `gpu`; `paper` is the largest we would train ourselves
 for _scale, _kw in {
-    "smoke": dict(hidden=8, iters=20, batch_size=32),
+    "smoke": dict(hidden=8, iters=10, batch_size=16),
     "quick": dict(hidden=16, iters=1500, batch_size=64, lr=5e-4),
     "gpu": dict(hidden=64, iters=20000, batch_size=128, lr=2e-4),
     "paper": dict(hidden=128, iters=100000, batch_size=128, lr=2e-4),
