@@ -143,9 +143,11 @@ def _advance(energy_fn, x, step_size, noise, generator, graph, clamp, grad_clip,
     "A chain step, (new x, E(x)): compiled and graph-free on the fast path, else eager (with its graph if `graph`)."
     if fast and not graph:
         eps = _randn(x.shape, generator, x)
-        torch.compiler.cudagraph_mark_step_begin()
+        if x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        step = _compiled_step("reduce-overhead" if x.is_cuda else "default")  # CUDA graphs on a GPU
         with torch.no_grad():
-            x_new, e = (t.clone() for t in _compiled_step()(energy_fn, x, eps, step_size, noise, grad_clip, clamp))
+            x_new, e = (t.clone() for t in step(energy_fn, x, eps, step_size, noise, grad_clip, clamp))
         return x_new, e
     return _step(energy_fn, x, step_size, noise, generator, graph, clamp, grad_clip)
 
@@ -162,11 +164,11 @@ def langevin(
     callback: ChainCallback | None = None,  # callback(i, x_i, E(x_i)), the one signature of every chain
     every: int = 1,  # call back at every `every`-th step (and at the end)
     last_graph: bool = False,  # take the last step with its graph (Improved CD's KL term)
-    compile: bool = False,  # on CUDA, run the graph-free steps compiled (CUDA graphs); ignored elsewhere
+    compile: bool = False,  # run the graph-free steps compiled (inductor; CUDA graphs on a GPU)
 ):
     "Run `steps` Langevin steps from `x`; return the end state (detached, or through its last step with `last_graph`)."
     noise = _check_chain_args(steps, step_size, noise, clamp, grad_clip, callback, every, last_graph)
-    x, fast = x.detach(), compile and x.is_cuda
+    x, fast = x.detach(), bool(compile)
     for i in range(steps):
         graph = last_graph and i == steps - 1
         x_new, e = _advance(energy_fn, x, step_size, noise, generator, graph, clamp, grad_clip, fast)
