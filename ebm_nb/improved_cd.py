@@ -8,10 +8,11 @@ import contextlib, dataclasses
 from dataclasses import dataclass
 from functools import partial
 import torch
+from fastcore.basics import patch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from .core import check_choice, check_int, check_positive, pick_device
-from .presets import register_preset
+from .core import SCALES, check_choice, check_int, check_positive, pick_device, seed_everything
+from .presets import EvalSizes, get_preset, register_preset
 from .data import TOY_BOUND, dequantize
 from .nets import ICD_NETS, MLPEnergy, icd_energy
 from ebm_nb.sampling import (
@@ -28,7 +29,7 @@ from .training import EMA, allreduce_grads, train
 
 # %% auto #0
 __all__ = ['ICD_NET_KINDS', 'ABLATIONS', 'COMPOSITIONS', 'ImprovedCDConfig', 'ablate', 'ImprovedCD', 'fit', 'official_step',
-           'run_variant', 'rebuild', 'compose']
+           'ChainRounds', 'run_variant', 'rebuild', 'icd_job', 'notebook_setup', 'check_protocol', 'compose']
 
 # %% ../nbs/11_improved_cd.ipynb #a22950e5
 ICD_NET_KINDS = ("multiscale", "mlp")
@@ -36,7 +37,7 @@ ICD_NET_KINDS = ("multiscale", "mlp")
 
 @dataclass
 class ImprovedCDConfig:
-    "Hyperparameters of Improved CD; kl / entropy / augment / multiscale / buffer are switches, so ablations are presets."
+    "Improved CD's hyperparameters; kl / entropy / augment / multiscale / buffer are switches: ablations are presets."
 
     net: str = "multiscale"  # "multiscale" (images: nets.MultiScaleEnergy) or "mlp" (vectors: 2D toys)
     net_preset: str = "cifar10"  # nets.ICD_NETS entry for images
@@ -81,34 +82,39 @@ class ImprovedCDConfig:
     fast: bool = False  # on CUDA: the K-1 graph-free chain steps compiled (CUDA graphs), nets in bf16
 
     def __post_init__(self):
-        check_choice("net", self.net, ICD_NET_KINDS)
-        check_choice("net_preset", self.net_preset, tuple(ICD_NETS))
-        check_choice("buffer_policy", self.buffer_policy, BUFFER_POLICIES)
-        for k in ("steps", "iters", "batch_size", "buffer_size", "entropy_refs", "hidden", "depth"):
-            check_int(k, getattr(self, k))
-        check_int("entropy_min_buffer", self.entropy_min_buffer, 0)
-        for k in ("step_size", "lr", "grad_clip_norm", "energy_bound"):
-            check_positive(k, getattr(self, k))
-        for k in ("noise", "kl_coeff", "entropy_weight", "l2", "color"):
-            check_positive(k, getattr(self, k), zero_ok=True)
-        if not 0 <= self.reinit_prob <= 1:
-            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob!r}.")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema!r}; the code uses 0.99.")
-        if self.buffer and self.buffer_size < self.batch_size:
-            raise ValueError(
-                f"buffer_size={self.buffer_size} is smaller than batch_size={self.batch_size}; the buffer must hold "
-                "at least one batch of chains, so use buffer_size >= batch_size (the code uses 10000)."
-            )
-        if self.kl_subset is not None and not 1 <= self.kl_subset <= self.batch_size:
-            raise ValueError(f"kl_subset must be None or in [1, batch_size={self.batch_size}], got {self.kl_subset!r}.")
-        if self.entropy and not (self.kl and self.buffer):
-            raise ValueError(
-                "entropy=True needs kl=True and buffer=True: the entropy reaches the energy only through the KL "
-                "step and measures distances to buffer samples; set entropy=False."
-            )
-        if self.sample_steps is not None:
-            check_int("sample_steps", self.sample_steps, 0)
+        _check_config(self)
+
+# %% ../nbs/11_improved_cd.ipynb #dbfcfd05
+def _check_config(c: ImprovedCDConfig):
+    "Fail before any work on a bad config, with one sentence that says what to use."
+    check_choice("net", c.net, ICD_NET_KINDS)
+    check_choice("net_preset", c.net_preset, tuple(ICD_NETS))
+    check_choice("buffer_policy", c.buffer_policy, BUFFER_POLICIES)
+    for k in ("steps", "iters", "batch_size", "buffer_size", "entropy_refs", "hidden", "depth"):
+        check_int(k, getattr(c, k))
+    check_int("entropy_min_buffer", c.entropy_min_buffer, 0)
+    for k in ("step_size", "lr", "grad_clip_norm", "energy_bound"):
+        check_positive(k, getattr(c, k))
+    for k in ("noise", "kl_coeff", "entropy_weight", "l2", "color"):
+        check_positive(k, getattr(c, k), zero_ok=True)
+    if not 0 <= c.reinit_prob <= 1:
+        raise ValueError(f"reinit_prob must be in [0, 1], got {c.reinit_prob!r}.")
+    if not 0 <= c.ema < 1:
+        raise ValueError(f"ema must be in [0, 1), got {c.ema!r}; the code uses 0.99.")
+    if c.buffer and c.buffer_size < c.batch_size:
+        raise ValueError(
+            f"buffer_size={c.buffer_size} is smaller than batch_size={c.batch_size}; the buffer must hold "
+            "at least one batch of chains, so use buffer_size >= batch_size (the code uses 10000)."
+        )
+    if c.kl_subset is not None and not 1 <= c.kl_subset <= c.batch_size:
+        raise ValueError(f"kl_subset must be None or in [1, batch_size={c.batch_size}], got {c.kl_subset!r}.")
+    if c.entropy and not (c.kl and c.buffer):
+        raise ValueError(
+            "entropy=True needs kl=True and buffer=True: the entropy reaches the energy only through the KL "
+            "step and measures distances to buffer samples; set entropy=False."
+        )
+    if c.sample_steps is not None:
+        check_int("sample_steps", c.sample_steps, 0)
 
 # %% ../nbs/11_improved_cd.ipynb #97242dc1
 ABLATIONS = {
@@ -126,51 +132,51 @@ def ablate(cfg: ImprovedCDConfig, name: str, **overrides) -> ImprovedCDConfig:
     check_choice("ablation", name, tuple(ABLATIONS))
     return dataclasses.replace(cfg, **{**ABLATIONS[name], **overrides})
 
+# %% ../nbs/11_improved_cd.ipynb #91955d8b
+def _energy_net(cfg: ImprovedCDConfig, shape: tuple) -> nn.Module:
+    "The energy for data of `shape`: the multi-scale ResNet of `cfg.net_preset` for (C, H, H) images, else the MLP."
+    if len(shape) == 3:
+        if cfg.net != "multiscale":
+            raise ValueError(
+                f"net={cfg.net!r} needs vector data, got image shape {shape}; use net='multiscale' for images."
+            )
+        if shape[1] != shape[2]:
+            raise ValueError(f"The multi-scale energy needs square images (C, H, H), got shape {shape}.")
+        extra = {} if cfg.filter_dim is None else {"filter_dim": cfg.filter_dim}
+        return icd_energy(
+            cfg.net_preset,
+            in_ch=shape[0],
+            size=shape[1],
+            scales=3 if cfg.multiscale else 1,
+            self_attn=cfg.self_attn,
+            spectral_norm=cfg.spectral_norm,
+            residual=cfg.residual,
+            **extra,
+        )
+    if len(shape) != 1 or cfg.net != "mlp":
+        raise ValueError(f"Vector data needs net='mlp' and a shape (dim,), got net={cfg.net!r} and shape {shape}.")
+    if cfg.augment or cfg.multiscale or cfg.uint8:
+        raise ValueError(
+            "augment, multiscale and uint8 apply to images only; set them False for vector data (the toy2d presets do)."
+        )
+    return MLPEnergy(shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm)
+
 # %% ../nbs/11_improved_cd.ipynb #1c7cc508
 class ImprovedCD:
     "Improved contrastive divergence for an energy on images (multi-scale ResNet) or vectors (MLP)."
 
     def __init__(
         self,
-        cfg: ImprovedCDConfig,
-        shape: tuple,
-        device="auto",
-        generator: torch.Generator | None = None,
-        bound: float = TOY_BOUND,
+        cfg: ImprovedCDConfig,  # the hyperparameters (a preset, maybe ablated)
+        shape: tuple,  # one datum's shape: (C, H, H) images in [0, 1] or (dim,) vectors
+        device="auto",  # where the nets, the buffer and the chains live
+        generator: torch.Generator | None = None,  # the chains' random numbers (None: seeded with 0)
+        bound: float = TOY_BOUND,  # vectors live in [-bound, bound]^dim
     ):
         self.cfg, self.shape, self.device, self.bound = cfg, tuple(shape), pick_device(device), bound
         self.images = len(self.shape) == 3
-        if self.images and cfg.net != "multiscale":
-            raise ValueError(
-                f"net={cfg.net!r} needs vector data, got image shape {shape}; use net='multiscale' for images."
-            )
-        if not self.images:
-            if len(self.shape) != 1 or cfg.net != "mlp":
-                raise ValueError(
-                    f"Vector data needs net='mlp' and a shape (dim,), got net={cfg.net!r} and shape {shape}."
-                )
-            if cfg.augment or cfg.multiscale or cfg.uint8:
-                raise ValueError(
-                    "augment, multiscale and uint8 apply to images only; set them False for vector data "
-                    "(the toy2d presets do)."
-                )
-        elif self.shape[1] != self.shape[2]:
-            raise ValueError(f"The multi-scale energy needs square images (C, H, H), got shape {shape}.")
+        net = _energy_net(cfg, self.shape)  # checks the shape first
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        if self.images:
-            extra = {} if cfg.filter_dim is None else {"filter_dim": cfg.filter_dim}
-            net = icd_energy(
-                cfg.net_preset,
-                in_ch=self.shape[0],
-                size=self.shape[1],
-                scales=3 if cfg.multiscale else 1,
-                self_attn=cfg.self_attn,
-                spectral_norm=cfg.spectral_norm,
-                residual=cfg.residual,
-                **extra,
-            )
-        else:
-            net = MLPEnergy(self.shape[0], cfg.hidden, cfg.depth, spectral_norm=cfg.spectral_norm)
         self.net = net.to(self.device)
         self.nets = {"energy": self.net}
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -185,44 +191,66 @@ class ImprovedCD:
         )
         self.iteration = 0
 
-    # coordinates: the net and the chains live in [0, 1]^d
-    def _unit(self, x: Tensor) -> Tensor:
-        return x if self.images else (x + self.bound) / (2 * self.bound)
+# %% ../nbs/11_improved_cd.ipynb #3d81c6ee
+@patch
+def _unit(self: ImprovedCD, x: Tensor) -> Tensor:
+    "Data coordinates to the unit box the net and the chains live in (images already are)."
+    return x if self.images else (x + self.bound) / (2 * self.bound)
 
-    def _data(self, u: Tensor) -> Tensor:
-        return u if self.images else u * 2 * self.bound - self.bound
 
-    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        "Chain starting points: uniform on [0, 1]^shape, on the method's device."
-        return from_noise(n, self.shape, generator=generator if generator is not None else self.gen, device=self.device)
+@patch
+def _data(self: ImprovedCD, u: Tensor) -> Tensor:
+    "Unit-box coordinates back to the data's."
+    return u if self.images else u * 2 * self.bound - self.bound
 
-    def scale_energies(self, u: Tensor, net: nn.Module | None = None) -> Tensor:
-        "Energies per scale (N, S) of unit-space inputs `u` (S = 1 for the MLP)."
-        net = net or self.net
-        return net.scale_energies(u) if hasattr(net, "scale_energies") else net(u)[:, None]
+# %% ../nbs/11_improved_cd.ipynb #461a11dc
+@patch
+def noise(self: ImprovedCD, n: int, generator: torch.Generator | None = None) -> Tensor:
+    "Chain starting points: uniform on [0, 1]^shape, on the method's device."
+    return from_noise(n, self.shape, generator=generator if generator is not None else self.gen, device=self.device)
 
-    def energy(self, x: Tensor, ema: bool = False) -> Tensor:
-        "E(x), summed over scales (the sampling energy), in the data's coordinates; `ema=True` uses the EMA weights."
-        return (self.ema.module if ema else self.net)(self._unit(x.to(self.device)))
+# %% ../nbs/11_improved_cd.ipynb #d12aef9f
+@patch
+def scale_energies(self: ImprovedCD, u: Tensor, net: nn.Module | None = None) -> Tensor:
+    "Energies per scale (N, S) of unit-space inputs `u` (S = 1 for the MLP)."
+    net = net or self.net
+    return net.scale_energies(u) if hasattr(net, "scale_energies") else net(u)[:, None]
 
-    def chain(self, net: nn.Module, x0: Tensor, steps: int, generator: torch.Generator | None = None, **kw) -> Tensor:
-        "The sampler on unit-space `x0`: `steps` Langevin steps of `net`, clamped to [0, 1]; `kw` go to `langevin`."
-        c = self.cfg
-        fast = c.fast and self.device.type == "cuda"
-        cache = parametrize.cached() if c.cache_weights and not fast else contextlib.nullcontext()  # compile fuses them
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
-        with cache, amp:
-            return langevin(net, x0, steps, c.step_size, c.noise, generator, clamp=(0.0, 1.0), compile=fast, **kw)
+# %% ../nbs/11_improved_cd.ipynb #b52bf645
+@patch
+def energy(self: ImprovedCD, x: Tensor, ema: bool = False) -> Tensor:
+    "E(x), summed over scales (the sampling energy), in the data's coordinates; `ema=True` uses the EMA weights."
+    return (self.ema.module if ema else self.net)(self._unit(x.to(self.device)))
 
-# %% ../nbs/11_improved_cd.ipynb #3c7d6d9f
+# %% ../nbs/11_improved_cd.ipynb #5e02376c
+@patch
+def chain(
+    self: ImprovedCD,
+    net: nn.Module,  # the energy to descend (the net, its EMA, or a composition)
+    x0: Tensor,  # unit-space starting points
+    steps: int,  # Langevin steps
+    generator: torch.Generator | None = None,
+    **kw,  # more arguments of `langevin` (last_graph, callback, ...)
+) -> Tensor:
+    "The sampler on unit-space `x0`: `steps` Langevin steps of `net`, clamped to [0, 1]."
+    c = self.cfg
+    fast = c.fast and self.device.type == "cuda"
+    cache = parametrize.cached() if c.cache_weights and not fast else contextlib.nullcontext()  # compile fuses them
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
+    with cache, amp:
+        return langevin(net, x0, steps, c.step_size, c.noise, generator, clamp=(0.0, 1.0), compile=fast, **kw)
+
+# %% ../nbs/11_improved_cd.ipynb #ed2467cb
 @torch.no_grad()
 def _grad_norm(grads) -> Tensor:
+    "The total L2 norm of a list of gradients (None entries skipped)."
     gs = [g for g in grads if g is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs])) if gs else torch.zeros(())
 
-
-def _negatives(self, n: int) -> tuple[Tensor, Tensor]:
-    "(x_neg detached, x_kl through the last step) of `n` chains, composed from the chain API; x_neg is added to the buffer."
+# %% ../nbs/11_improved_cd.ipynb #07815380
+@patch
+def negatives(self: ImprovedCD, n: int) -> tuple[Tensor, Tensor]:
+    "(x_neg detached, x_kl through the last step) of `n` chains, composed from the chain API; x_neg goes to the buffer."
     c = self.cfg
     if self.buffer is not None:
         x0, _ = from_buffer(self.buffer, n, self.gen, augment=self.augment)
@@ -234,8 +262,9 @@ def _negatives(self, n: int) -> tuple[Tensor, Tensor]:
         self.buffer.add(x_neg, self.gen)
     return x_neg, x[: c.kl_subset or n]
 
-
-def _kl_loss(self, x_kl: Tensor) -> tuple[Tensor, Tensor | None]:
+# %% ../nbs/11_improved_cd.ipynb #f9fd3941
+@patch
+def kl_loss(self: ImprovedCD, x_kl: Tensor) -> tuple[Tensor, Tensor | None]:
     "(kl_coeff * mean E_frozen(x_kl) - w * entropy, the entropy or None): reaches the parameters only through x_kl."
     c = self.cfg
     with frozen(self.net):
@@ -249,8 +278,23 @@ def _kl_loss(self, x_kl: Tensor) -> tuple[Tensor, Tensor | None]:
             loss = loss - c.entropy_weight * ent
     return loss, ent
 
+# %% ../nbs/11_improved_cd.ipynb #efe44803
+@patch
+def _backward(self: ImprovedCD, loss_ml: Tensor, loss_kl: Tensor) -> dict:
+    "Gradients of CD + KL into `.grad`; with `log_grad`, each part back-propagated alone and their norms returned."
+    c, params = self.cfg, list(self.net.parameters())
+    if not c.log_grad:
+        (loss_ml + loss_kl).backward()
+        return {}
+    g_ml = torch.autograd.grad(loss_ml, params, retain_graph=c.kl, allow_unused=True)
+    g_kl = torch.autograd.grad(loss_kl, params, allow_unused=True) if c.kl else [None] * len(params)
+    for p, a, b in zip(params, g_ml, g_kl):
+        p.grad = a if b is None else (b if a is None else a + b)
+    return {"grad_cd": _grad_norm(g_ml), "grad_kl": _grad_norm(g_kl)}
 
-def _step(self, batch: Tensor) -> dict:
+# %% ../nbs/11_improved_cd.ipynb #ea8bbad2
+@patch
+def step(self: ImprovedCD, batch: Tensor) -> dict:
     "One Improved-CD update; every logged value is a 0-dim tensor on the device."
     c = self.cfg
     self.iteration += 1
@@ -263,19 +307,9 @@ def _step(self, batch: Tensor) -> dict:
     loss_ml = loss_cd + c.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
     loss_kl, ent = self.kl_loss(x_kl) if c.kl else (torch.zeros((), device=self.device), None)
     self.opt.zero_grad(set_to_none=True)
+    logs = self._backward(loss_ml, loss_kl)
     params = list(self.net.parameters())
-    logs = {}
-    if c.log_grad:
-        g_ml = torch.autograd.grad(loss_ml, params, retain_graph=c.kl, allow_unused=True)
-        g_kl = torch.autograd.grad(loss_kl, params, allow_unused=True) if c.kl else [None] * len(params)
-        for p, a, b in zip(params, g_ml, g_kl):
-            p.grad = a if b is None else (b if a is None else a + b)
-        logs["grad_cd"], logs["grad_kl"] = _grad_norm(g_ml), _grad_norm(g_kl)
-    else:
-        (loss_ml + loss_kl).backward()
-    allreduce_grads(
-        params
-    )  # under DDP: average, then clip, as the code does (train's pre-step hook then averages equal values)
+    allreduce_grads(params)  # under DDP: average, then clip, as the code does (train's hook then averages equal values)
     gnorm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip_norm)
     self.opt.step()
     logs.update(
@@ -290,36 +324,32 @@ def _step(self, batch: Tensor) -> dict:
         logs["entropy"] = ent.detach()
     return logs
 
-
-ImprovedCD.negatives, ImprovedCD.kl_loss, ImprovedCD.step = _negatives, _kl_loss, _step
-
-# %% ../nbs/11_improved_cd.ipynb #a0473753
-def _sample(
-    self,
-    n: int,
-    steps: int | None = None,
-    init: str | None = None,
-    ema: bool = True,
-    generator: torch.Generator | None = None,
+# %% ../nbs/11_improved_cd.ipynb #087a644b
+@patch
+def sample(
+    self: ImprovedCD,
+    n: int,  # samples
+    steps: int | None = None,  # Langevin steps (None: cfg.sample_steps, else cfg.steps)
+    init: str | None = None,  # "buffer" or "noise" (None: the buffer when it holds samples)
+    ema: bool = True,  # sample the EMA weights
+    generator: torch.Generator | None = None,  # None: one seeded 1234, which leaves the training stream alone
 ) -> Tensor:
-    "`n` samples (CPU, data coordinates): Langevin with the (EMA) energy from the buffer (default when it has samples) or noise."
+    "`n` samples (CPU, data coordinates): Langevin with the (EMA) energy from the buffer or from noise."
     check_int("n", n)
     init = init or ("buffer" if self.buffer is not None and len(self.buffer) > 0 else "noise")
     check_choice("init", init, ("buffer", "noise"))
     if init == "buffer" and (self.buffer is None or len(self.buffer) == 0):
         raise ValueError("init='buffer' needs a buffer holding samples; train first or use init='noise'.")
-    gen = (
-        generator if generator is not None else torch.Generator().manual_seed(1234)
-    )  # leaves the training stream alone
-    steps = (
-        steps if steps is not None else (self.cfg.sample_steps if self.cfg.sample_steps is not None else self.cfg.steps)
-    )
+    gen = generator if generator is not None else torch.Generator().manual_seed(1234)
+    if steps is None:
+        steps = self.cfg.sample_steps if self.cfg.sample_steps is not None else self.cfg.steps
     x0 = self.buffer.draw(n, gen) if init == "buffer" else self.noise(n, gen)
     x = self.chain(self.ema.module if ema else self.net, x0, steps, gen) if steps else x0
     return self._data(x).cpu()
 
-
-def _state_dict(self) -> dict:
+# %% ../nbs/11_improved_cd.ipynb #8c90f09c
+@patch
+def state_dict(self: ImprovedCD) -> dict:
     "Net, optimiser, chain generator, iteration and buffer (the EMA is saved by `train`)."
     sd = {
         "net": self.net.state_dict(),
@@ -331,8 +361,10 @@ def _state_dict(self) -> dict:
         sd["buffer"] = self.buffer.state_dict()
     return sd
 
-
-def _load_state_dict(self, sd: dict) -> None:
+# %% ../nbs/11_improved_cd.ipynb #f1b1dd8d
+@patch
+def load_state_dict(self: ImprovedCD, sd: dict) -> None:
+    "Restore what `state_dict` saved."
     self.net.load_state_dict(sd["net"])
     self.opt.load_state_dict(sd["opt"])
     self.gen.set_state(sd["gen"])
@@ -340,20 +372,17 @@ def _load_state_dict(self, sd: dict) -> None:
     if self.buffer is not None:
         self.buffer.load_state_dict(sd["buffer"])
 
-
-ImprovedCD.sample, ImprovedCD.state_dict, ImprovedCD.load_state_dict = _sample, _state_dict, _load_state_dict
-
-
+# %% ../nbs/11_improved_cd.ipynb #477df141
 def fit(
-    method: ImprovedCD,
-    data,
-    iters: int | None = None,
+    method: ImprovedCD,  # the method to train
+    data,  # training data (N, ...) in the method's coordinates
+    iters: int | None = None,  # None: cfg.iters
     *,
-    generator: torch.Generator | None = None,
-    ckpt_path=None,
+    generator: torch.Generator | None = None,  # the batches' random numbers
+    ckpt_path=None,  # checkpoint file (resumes from it when it exists)
     ckpt_every: int | None = None,
-    log_every: int = 10,
-    callback=None,
+    log_every: int = 10,  # iterations per logged row
+    callback=None,  # callback(iteration, row) after each logged row
     desc: str = "improved CD",
 ) -> list[dict]:
     "Train `method` through `training.train` with its EMA, its guard (`cfg.energy_bound`) and its batch size."
@@ -378,7 +407,7 @@ def _per_image_cpu(aug, x: Tensor, generator: torch.Generator) -> Tensor:
     "`aug` applied to each image separately on the CPU, as the release's per-image PIL transform."
     return torch.cat([aug(xi[None].cpu(), generator) for xi in x]).to(x.device)
 
-
+# %% ../nbs/11_improved_cd.ipynb #f8ffee9b
 def official_step(m: ImprovedCD, batch: Tensor) -> dict:
     "One iteration of the official loop in plain eager fp32 (per-image CPU augmentation, no weight caching)."
     c, gen, net = m.cfg, m.gen, m.net
@@ -416,7 +445,7 @@ def official_step(m: ImprovedCD, batch: Tensor) -> dict:
     m.opt.step()
     return {"loss": loss.detach(), "energy_pos": e_pos.mean().detach(), "grad_norm": gnorm.detach()}
 
-# %% ../nbs/11_improved_cd.ipynb #75e80fc2
+# %% ../nbs/11_improved_cd.ipynb #7e07ecc7
 _TOY = dict(
     net="mlp",
     multiscale=False,
@@ -437,15 +466,16 @@ for _scale, _kw in {
 }.items():
     register_preset("improved_cd", _scale, "toy2d", ImprovedCDConfig(**_TOY, **_kw))
 
+# %% ../nbs/11_improved_cd.ipynb #7bfe9729
 _FM = dict(buffer_policy="fifo", reinit_prob=0.001)
 for _scale, _kw in {
     "smoke": dict(
         net_preset="fmnist_tiny",
-        iters=10,
+        iters=6,
         batch_size=16,
-        steps=10,
+        steps=5,
         buffer_size=1000,
-        entropy_min_buffer=100,
+        entropy_min_buffer=48,  # the entropy is on in the last 3 of the 6 iterations
         entropy_refs=50,
     ),
     "quick": dict(
@@ -464,6 +494,7 @@ for _scale, _kw in {
 }.items():
     register_preset("improved_cd", _scale, "fmnist", ImprovedCDConfig(**{**_FM, **_kw}))
 
+# %% ../nbs/11_improved_cd.ipynb #786daefb
 _PAPER = dict(
     iters=20000,
     batch_size=128,
@@ -487,115 +518,205 @@ register_preset(
     ImprovedCDConfig(net_preset="celeba128", step_size=500.0, color=0.5, blur=5, **_PAPER),
 )
 
-# %% ../nbs/11_improved_cd.ipynb #d573e1ec
-def run_variant(
-    ablation: str,
-    scale: str,
-    dataset: str = "fmnist",
-    seed: int = 0,
-    overrides: dict | None = None,
-    n_eval: int = 0,
-    n_ref: int | None = None,
-    ood_n: int = 0,
-    n_train: int | None = None,
-    device="cpu",
-    log_every: int = 10,
-    classes: tuple | None = None,
-    return_model: bool = False,
-) -> dict:
-    """Train the `ablation` of the `scale`/`dataset` preset; {'row', 'history', 'samples', 'energies'(, 'model')} for a table.
+# %% ../nbs/11_improved_cd.ipynb #916cc5f6
+register_preset("improved_cd_eval", "smoke", "fmnist", EvalSizes(n_eval=64, n_ref=500, n_train=2000))
+register_preset("improved_cd_eval", "quick", "fmnist", EvalSizes(n_eval=2000))
+register_preset("improved_cd_eval", "gpu", "fmnist", EvalSizes(n_eval=10000))
+register_preset("improved_cd_eval", "paper", "fmnist", EvalSizes(n_eval=50000))
+# OOD: n_eval test images and as many images of each OOD set
+register_preset("improved_cd_ood", "smoke", "fmnist", EvalSizes(n_eval=200, n_train=2000))
+register_preset("improved_cd_ood", "quick", "fmnist", EvalSizes(n_eval=2000))
+register_preset("improved_cd_ood", "gpu", "fmnist", EvalSizes(n_eval=10000))
+register_preset("improved_cd_ood", "paper", "fmnist", EvalSizes(n_eval=10000))
+# compositions: n_eval chains per composition; the concept energies train on their classes' whole training split
+register_preset("improved_cd_compose", "smoke", "fmnist", EvalSizes(n_eval=32))
+register_preset("improved_cd_compose", "quick", "fmnist", EvalSizes(n_eval=1000))
+register_preset("improved_cd_compose", "gpu", "fmnist", EvalSizes(n_eval=2000))
+register_preset("improved_cd_compose", "paper", "fmnist", EvalSizes(n_eval=5000))
+register_preset("improved_cd_compose", "smoke", "toy2d", EvalSizes(n_eval=1000, n_train=4000))
+register_preset("improved_cd_compose", "quick", "toy2d", EvalSizes(n_eval=2000, n_train=20000))
+register_preset("improved_cd_compose", "gpu", "toy2d", EvalSizes(n_eval=5000, n_train=50000))
+register_preset("improved_cd_compose", "paper", "toy2d", EvalSizes(n_eval=5000, n_train=50000))
 
-    `return_model=True` adds the trained method as plain data (config, shape, states; `rebuild` makes it an `ImprovedCD` again),
-    so that it crosses process boundaries: parametrized modules cannot be pickled."""
+# %% ../nbs/11_improved_cd.ipynb #a4736e5c
+@dataclass
+class ChainRounds:
+    "The chain figure's sampler: `rounds` rounds of `steps` Langevin steps from noise, an augmentation between rounds."
+
+    rounds: int = 10  # the code's composition and evaluation samplers: 10 rounds of 20 steps
+    steps: int = 20  # Langevin steps per round
+
+
+register_preset("improved_cd_chains", "smoke", "fmnist", ChainRounds(rounds=4, steps=5))
+for _scale in ("quick", "gpu", "paper"):
+    register_preset("improved_cd_chains", _scale, "fmnist", ChainRounds())
+
+# %% ../nbs/11_improved_cd.ipynb #7cf0f4c7
+def _train_images(n_train: int | None, classes: tuple | None) -> Tensor:
+    "The first `n_train` Fashion-MNIST training images (None: all) as floats, of `classes` only when given."
+    from ebm_nb.data import load_fashion_mnist, to_float
+
+    x_train, y_train = load_fashion_mnist("train")
+    if classes is not None:  # one concept: the training images of these classes
+        if not classes or any(c not in range(10) for c in classes):
+            raise ValueError(f"classes must be Fashion-MNIST labels in 0..9, got {classes!r}.")
+        x_train = x_train[torch.isin(y_train, torch.tensor(list(classes)))]
+    return to_float(x_train[:n_train])
+
+# %% ../nbs/11_improved_cd.ipynb #8342e3a3
+def _fit_guarded(m: ImprovedCD, x_train: Tensor, g: torch.Generator, log_every: int, desc: str) -> tuple[dict, list]:
+    "Train `m`: ({diverged, diverged_at, train_s}, the logged rows), also when the guard stops the run."
     import time
-    from ebm_nb.core import seed_everything
-    from ebm_nb.presets import get_preset
-    from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
-    from ebm_nb.metrics import energy_auroc, feature_stats, image_eval, load_fmnist_classifier
     from ebm_nb.training import TrainingDiverged
 
+    t0, history = time.time(), []
+    try:  # the callback keeps the logged rows of a run that the guard stops
+        fit(m, x_train, generator=g, log_every=log_every, desc=desc, callback=lambda i, h: history.append(h))
+        status = dict(diverged=False, diverged_at=None)
+    except TrainingDiverged as e:
+        status = dict(diverged=True, diverged_at=e.iteration)
+    return {**status, "train_s": round(time.time() - t0, 1)}, history
+
+# %% ../nbs/11_improved_cd.ipynb #5587f8a6
+def _score_samples(m: ImprovedCD, seed: int, n_eval: int, n_ref: int | None) -> tuple[dict, Tensor]:
+    "FD-FMNIST and KID of `n_eval` EMA samples against the first `n_ref` test images: (scores, 64 of the samples)."
+    from ebm_nb.data import load_fashion_mnist, to_float
+    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier
+
+    x_ref = to_float(load_fashion_mnist("test")[0][:n_ref])
+    feats = load_fmnist_classifier(m.device).features
+    shown = []
+    scores = image_eval(
+        lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2)),
+        n_eval,
+        feature_stats(feats, x_ref),
+        feats,
+        "fd_fmnist",
+        chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None,
+    )
+    return scores, shown[0]
+
+# %% ../nbs/11_improved_cd.ipynb #5609e41d
+def _score_ood(m: ImprovedCD, seed: int, ood_n: int) -> tuple[dict, dict]:
+    "AUROC of -E (EMA weights), `ood_n` test images against `ood_n` of each OOD set: ({auroc_<set>}, energies)."
+    from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
+    from ebm_nb.metrics import energy_auroc
+
+    x_test = to_float(load_fashion_mnist("test")[0])
+    gen = torch.Generator().manual_seed(seed + 3)
+    x_in = x_test[torch.randperm(len(x_test), generator=gen)[:ood_n]]
+    scores, energies = {}, {}
+    with torch.no_grad():
+        en = lambda x: torch.cat([m.energy(c, ema=True).cpu() for c in x.split(500)])
+        energies["fmnist_test"] = e_in = en(x_in)
+        for name, x_out in ood_sets(x_test, ood_n, gen).items():
+            energies[name] = e_out = en(x_out)
+            scores[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
+    return scores, energies
+
+# %% ../nbs/11_improved_cd.ipynb #d0eaffa6
+def run_variant(
+    ablation: str,  # an entry of ABLATIONS
+    scale: str,  # the scale of the improved_cd preset
+    dataset: str = "fmnist",
+    seed: int = 0,  # seeds the net, the batches and the chains
+    overrides: dict | None = None,  # preset fields to change
+    n_eval: int = 0,  # EMA samples scored by FD-FMNIST and KID (0: none)
+    n_ref: int | None = None,  # test images they are compared with (None: all)
+    ood_n: int = 0,  # images per set scored for OOD detection (0: none)
+    n_train: int | None = None,  # training images (None: all)
+    device="cpu",
+    log_every: int = 10,  # iterations per logged row
+    classes: tuple | None = None,  # train on these Fashion-MNIST classes only (one concept)
+    return_model: bool = False,  # add the trained method as plain data (`rebuild` makes it an `ImprovedCD` again)
+) -> dict:
+    """Train the `ablation` of the `scale`/`dataset` preset: {'row', 'history', 'samples', 'energies'(, 'model')}.
+
+    The model comes back as data (config, shape, states) so that it crosses process boundaries: parametrized
+    modules cannot be pickled."""
     check_choice(
         "dataset", dataset, ("fmnist",), hint="the CIFAR-10 / CelebA rows run from the paper presets on a GPU."
     )
     cfg = ablate(get_preset("improved_cd", scale, dataset), ablation, **(overrides or {}))
     dev = pick_device(device)
     g = seed_everything(seed)
-    x_train, y_train = load_fashion_mnist("train")
-    if classes is not None:  # one concept: the training images of these classes
-        if not classes or any(c not in range(10) for c in classes):
-            raise ValueError(f"classes must be Fashion-MNIST labels in 0..9, got {classes!r}.")
-        x_train = x_train[torch.isin(y_train, torch.tensor(list(classes)))]
-    x_train = to_float(x_train[:n_train])
+    x_train = _train_images(n_train, classes)
     m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
-    row = {
-        "ablation": ablation,
-        "seed": seed,
-        "classes": classes,
-        "iters": cfg.iters,
-        "kl": cfg.kl,
-        "entropy": cfg.entropy,
-        "augment": cfg.augment,
-        "multiscale": cfg.multiscale,
-        "spectral_norm": cfg.spectral_norm,
-        "self_attn": cfg.self_attn,
-    }
-    t0, out = time.time(), {"samples": None, "energies": {}, "history": []}
-    try:  # the callback keeps the logged rows of a run that the guard stops
-        fit(
-            m,
-            x_train,
-            generator=g,
-            log_every=log_every,
-            desc=f"{ablation} seed {seed}",
-            callback=lambda i, h: out["history"].append(h),
-        )
-        row.update(diverged=False, diverged_at=None)
-    except TrainingDiverged as e:
-        row.update(diverged=True, diverged_at=e.iteration)
-    row["train_s"] = round(time.time() - t0, 1)
+    row = {"ablation": ablation, "seed": seed, "classes": classes, "iters": cfg.iters}
+    row.update({k: getattr(cfg, k) for k in ("kl", "entropy", "augment", "multiscale", "spectral_norm", "self_attn")})
+    status, history = _fit_guarded(m, x_train, g, log_every, f"{ablation} seed {seed}")
+    row.update(status)
+    out = {"row": row, "samples": None, "energies": {}, "history": history}
     if return_model:
-        out["model"] = {
-            "cfg": cfg,
-            "shape": tuple(x_train.shape[1:]),
-            "state": m.state_dict(),
-            "ema": m.ema.module.state_dict(),
-        }
+        out["model"] = {"cfg": cfg, "shape": m.shape, "state": m.state_dict(), "ema": m.ema.module.state_dict()}
     if row["diverged"]:
-        return {"row": row, **out}
-    sample = lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2))
+        return out
     if n_eval:
-        x_ref = to_float(load_fashion_mnist("test")[0][:n_ref])
-        feats = load_fmnist_classifier(dev).features
-        shown = []
-        scores = image_eval(
-            sample,
-            n_eval,
-            feature_stats(feats, x_ref),
-            feats,
-            "fd_fmnist",
-            chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None,
-        )
+        scores, out["samples"] = _score_samples(m, seed, n_eval, n_ref)
         row.update(scores)
-        out["samples"] = shown[0]
     if ood_n:
-        x_test = to_float(load_fashion_mnist("test")[0])
-        gen = torch.Generator().manual_seed(seed + 3)
-        x_in = x_test[torch.randperm(len(x_test), generator=gen)[:ood_n]]
-        with torch.no_grad():
-            en = lambda x: torch.cat([m.energy(c, ema=True).cpu() for c in x.split(500)])
-            out["energies"]["fmnist_test"] = e_in = en(x_in)
-            for name, x_out in ood_sets(x_test, ood_n, gen).items():
-                out["energies"][name] = e_out = en(x_out)
-                row[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
-    return {"row": row, **out}
+        scores, out["energies"] = _score_ood(m, seed, ood_n)
+        row.update(scores)
+    return out
 
-
+# %% ../nbs/11_improved_cd.ipynb #ba210aad
 def rebuild(saved: dict, device="cpu") -> ImprovedCD:
-    "The `ImprovedCD` that `run_variant(..., return_model=True)` returned as data: nets, EMA, optimiser, buffer, generator."
+    "The `ImprovedCD` that `run_variant(..., return_model=True)` returned as data: nets, EMA, optimiser, buffer, RNG."
     m = ImprovedCD(saved["cfg"], saved["shape"], device=device)
     m.load_state_dict(saved["state"])
     m.ema.module.load_state_dict(saved["ema"])
     return m
+
+# %% ../nbs/11_improved_cd.ipynb #033053c1
+def icd_job(
+    row: dict,  # a protocol row: "ablation", "preset" (the preset's scale), optional "overrides", "classes"
+    seed: int,  # the training seed
+    *,
+    device="cpu",  # where the run trains
+    dataset: str = "fmnist",
+    **kw,  # run_variant's n_eval, n_ref, ood_n, n_train, log_every, return_model
+) -> dict:
+    "The job of every improved-CD table (`protocol.run_protocol`): `run_variant`'s row, its other outputs as `_` keys."
+    out = run_variant(
+        row["ablation"],
+        row["preset"],
+        dataset,
+        seed,
+        row.get("overrides"),
+        device=device,
+        classes=row.get("classes"),
+        **kw,
+    )
+    return {**out.pop("row"), **{f"_{k}": v for k, v in out.items()}}
+
+# %% ../nbs/11_improved_cd.ipynb #d5a427cb
+def notebook_setup(
+    scale: str,  # smoke | quick | gpu | paper
+    dataset: str,
+    device,  # "auto", "cpu", "cuda"
+    seed: int,
+    out_dir,  # the notebook's `out_dir` parameter (None: figures/improved_cd, figures/_smoke/... at smoke)
+    datasets: tuple = ("fmnist",),  # the datasets the notebook runs
+    hint: str = "",  # what to do instead of another dataset
+) -> tuple:
+    "A paper notebook's set-up, checked before any work: (device, the seeded generator, the folder it writes to)."
+    from ebm_nb.results import results_dir
+
+    check_choice("scale", scale, SCALES)
+    check_choice("dataset", dataset, datasets, hint=hint)
+    dev = pick_device(device)
+    g = seed_everything(seed)
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # the CPU is shared: one thread per process avoids oversubscription
+    return dev, g, results_dir("improved_cd", scale, out_dir)
+
+# %% ../nbs/11_improved_cd.ipynb #2b19880f
+def check_protocol(protocol: list[dict], dataset: str = "fmnist") -> list[ImprovedCDConfig]:
+    "The config of each protocol row (preset, ablation, overrides): a bad row fails here, before any training."
+    return [
+        ablate(get_preset("improved_cd", p["preset"], dataset), p["ablation"], **p.get("overrides", {}))
+        for p in protocol
+    ]
 
 # %% ../nbs/11_improved_cd.ipynb #3fab9f92
 COMPOSITIONS = ("AND", "OR", "NOT")

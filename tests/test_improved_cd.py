@@ -1,11 +1,12 @@
 """Improved CD: bad input (one sentence each), the divergence guard, the KL term's path to the parameters (last Langevin
 step only, frozen energy), the CD/KL gradient split, and bit-exact resume through `train(ckpt_path=...)`."""
+
 import pytest
 import torch
 
 from ebm_nb.presets import get_preset
 from ebm_nb.checkpoints import load_checkpoint
-from ebm_nb.improved_cd import ImprovedCD, ImprovedCDConfig, ablate, fit
+from ebm_nb.improved_cd import ImprovedCD, ablate, fit
 from ebm_nb.sampling import frozen, langevin
 from ebm_nb.training import TrainingDiverged
 
@@ -19,28 +20,36 @@ def small(**kw):
 
 
 def method(cfg=None, seed=0):
-    torch.manual_seed(seed)                                  # the nets' initial weights come from the global stream
+    torch.manual_seed(seed)  # the nets' initial weights come from the global stream
     return ImprovedCD(cfg or small(), SHAPE, device="cpu", generator=torch.Generator().manual_seed(seed))
 
 
 def test_bad_input_one_sentence_each():
     m = method()
-    with pytest.raises(ValueError, match=r"needs x of shape \(N, 1, 16, 16\), got \(2, 1, 28, 28\)"): m.energy(torch.rand(2, 1, 28, 28))
-    with pytest.raises(ValueError, match="buffer_size=4 is smaller than batch_size=8"): small(buffer_size=4)
+    with pytest.raises(ValueError, match=r"needs x of shape \(N, 1, 16, 16\), got \(2, 1, 28, 28\)"):
+        m.energy(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="buffer_size=4 is smaller than batch_size=8"):
+        small(buffer_size=4)
     for bad in (0, -1.0):
-        with pytest.raises(ValueError, match=f"step_size must be a positive number, got {bad}"): small(step_size=bad)
-    with pytest.raises(ValueError, match="Unknown ablation 'no_attention'; valid values are: full, no_kl"): ablate(small(), "no_attention")
-    with pytest.raises(ValueError, match="entropy=True needs kl=True and buffer=True"): small(buffer=False)
-    m.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1))       # an energy returning (N, 1)
-    with pytest.raises(ValueError, match=r"one energy per sample, shape \(8,\), got \(8, 1\)"): m.step(DATA[:8])
+        with pytest.raises(ValueError, match=f"step_size must be a positive number, got {bad}"):
+            small(step_size=bad)
+    with pytest.raises(ValueError, match="Unknown ablation 'no_attention'; valid values are: full, no_kl"):
+        ablate(small(), "no_attention")
+    with pytest.raises(ValueError, match="entropy=True needs kl=True and buffer=True"):
+        small(buffer=False)
+    m.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1))  # an energy returning (N, 1)
+    with pytest.raises(ValueError, match=r"one energy per sample, shape \(8,\), got \(8, 1\)"):
+        m.step(DATA[:8])
 
 
 class Exploding(ImprovedCD):
     "Adds 50 to every branch's output bias before iteration 5: the energies leave the guard's +-10."
+
     def step(self, batch):
         if self.iteration == 4:
             with torch.no_grad():
-                for b in self.net.branches: b.head.bias.add_(50.0)
+                for b in self.net.branches:
+                    b.head.bias.add_(50.0)
         return super().step(batch)
 
 
@@ -73,14 +82,16 @@ def test_kl_term_reaches_parameters_only_through_the_last_step():
     # 1. the same random numbers, the K-1 steps without a graph and the last with one: the same gradient
     x_prev, x_kl2 = _replay_last_step(m, state, 8)
     assert torch.equal(x_kl.detach(), x_kl2.detach())
-    with frozen(m.net): loss2 = m.scale_energies(x_kl2).mean()
+    with frozen(m.net):
+        loss2 = m.scale_energies(x_kl2).mean()
     g_replay = torch.autograd.grad(loss2, params, allow_unused=True)
     # 2. the closed form: dL/dtheta = -lambda (d grad_x E_theta(x_{K-1}) / dtheta)^T (M * grad_x E_frozen(x_kl))
     xk = x_kl.detach().requires_grad_(True)
-    with frozen(m.net): v, = torch.autograd.grad(m.scale_energies(xk).mean(), xk)
+    with frozen(m.net):
+        (v,) = torch.autograd.grad(m.scale_energies(xk).mean(), xk)
     mask = ((x_kl > 0) & (x_kl < 1)).detach()
     xp = x_prev.detach().requires_grad_(True)
-    gx, = torch.autograd.grad(m.net(xp).sum(), xp, create_graph=True)
+    (gx,) = torch.autograd.grad(m.net(xp).sum(), xp, create_graph=True)
     g_closed = torch.autograd.grad((-m.cfg.step_size * gx * mask * v).sum(), params, allow_unused=True)
     n_nonzero = 0
     for a, b, c in zip(g_method, g_replay, g_closed):
@@ -89,30 +100,36 @@ def test_kl_term_reaches_parameters_only_through_the_last_step():
         n_nonzero += int(a.abs().sum() > 0)
     assert n_nonzero > len(params) // 2
     # 3. nothing reaches the parameters directly (frozen), nor the chain's start through earlier steps
-    with frozen(m.net): assert not m.scale_energies(x_kl.detach()).mean().requires_grad
+    with frozen(m.net):
+        assert not m.scale_energies(x_kl.detach()).mean().requires_grad
     x0 = torch.rand(8, *SHAPE, requires_grad=True)
     end = langevin(m.net, x0, 3, 10.0, 0.001, torch.Generator().manual_seed(0), clamp=(0.0, 1.0), last_graph=True)
-    with frozen(m.net): e = m.scale_energies(end).mean()
+    with frozen(m.net):
+        e = m.scale_energies(end).mean()
     assert torch.autograd.grad(e, x0, allow_unused=True)[0] is None
 
 
 def test_log_grad_splits_the_same_update():
     def run(log_grad):
         m = method(small(log_grad=log_grad, entropy_min_buffer=0))  # the entropy is on from the first update
-        return m, [m.step(DATA[:8])]   # one update: later ones amplify float-rounding differences through the chain
+        return m, [m.step(DATA[:8])]  # one update: later ones amplify float-rounding differences through the chain
+
     (m1, l1), (m2, l2) = run(False), run(True)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(m1.net.parameters(), m2.net.parameters()))
     assert "grad_cd" not in l1[-1] and l2[-1]["grad_kl"] > 0 and l2[-1]["grad_cd"] > 0 and "entropy" in l2[-1]
     assert all(v.dim() == 0 and not v.requires_grad for v in l2[-1].values())
 
 
-class Killed(Exception): pass
+class Killed(Exception):
+    pass
 
 
 class KilledAt(ImprovedCD):
     kill_at = None
+
     def step(self, batch):
-        if self.iteration + 1 == self.kill_at: raise Killed
+        if self.iteration + 1 == self.kill_at:
+            raise Killed
         return super().step(batch)
 
 
@@ -123,12 +140,15 @@ def test_resume_is_bit_exact(tmp_path):
         m.kill_at = kill_at
         h = fit(m, DATA, generator=torch.Generator().manual_seed(2), ckpt_path=path, ckpt_every=4, log_every=2)
         return h, m.state_dict(), m.ema.module.state_dict()
+
     h1, s1, e1 = run(tmp_path / "straight.pt")
-    with pytest.raises(Killed): run(tmp_path / "killed.pt", kill_at=7)
+    with pytest.raises(Killed):
+        run(tmp_path / "killed.pt", kill_at=7)
     assert load_checkpoint(tmp_path / "killed.pt", restore_rng=False)["iteration"] == 4
     h2, s2, e2 = run(tmp_path / "killed.pt")
     assert h1 == h2 and "entropy" in h1[-1]
-    assert all(torch.equal(s1["net"][k], s2["net"][k]) for k in s1["net"]) and all(torch.equal(e1[k], e2[k]) for k in e1)
+    assert all(torch.equal(s1["net"][k], s2["net"][k]) for k in s1["net"])
+    assert all(torch.equal(e1[k], e2[k]) for k in e1)
     assert torch.equal(s1["buffer"]["data"], s2["buffer"]["data"]) and s1["buffer"]["data"].dtype == torch.uint8
     assert torch.equal(s1["gen"], s2["gen"]) and s1["iteration"] == s2["iteration"] == 10
 
@@ -155,14 +175,25 @@ ddp_cleanup()
 def test_ddp_two_ranks_hold_identical_weights(tmp_path):
     import os, subprocess, sys
     from pathlib import Path
-    script = tmp_path / "icd_ddp.py"; script.write_text(DDP_SCRIPT)
+
+    script = tmp_path / "icd_ddp.py"
+    script.write_text(DDP_SCRIPT)
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EBM_NB_QUIET": "1", "PYTHONPATH": str(root)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(script),
+        str(tmp_path),
+    ]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert all(torch.equal(r0["net"][k], r1["net"][k]) for k in r0["net"])       # broadcast + averaged, clipped gradients
-    assert all(torch.equal(r0["ema"][k], r1["ema"][k]) for k in r0["ema"])       # the EMA equal across ranks
-    assert not torch.equal(r0["buffer"], r1["buffer"])                           # each rank keeps its own buffer
+    assert all(torch.equal(r0["net"][k], r1["net"][k]) for k in r0["net"])  # broadcast + averaged, clipped gradients
+    assert all(torch.equal(r0["ema"][k], r1["ema"][k]) for k in r0["ema"])  # the EMA equal across ranks
+    assert not torch.equal(r0["buffer"], r1["buffer"])  # each rank keeps its own buffer
     assert "entropy" in r0["hist"][-1]
