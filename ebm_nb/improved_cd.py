@@ -23,7 +23,7 @@ from ebm_nb.sampling import (
     frozen,
     langevin,
     nn_entropy,
-    paper_augment,
+    augment,
 )
 from .training import EMA, allreduce_grads, train
 
@@ -187,7 +187,9 @@ class ImprovedCD:
             else None
         )
         self.augment = (
-            partial(paper_augment, crop_scale=cfg.crop_scale, color=cfg.color, blur=cfg.blur) if cfg.augment else None
+            partial(augment, ops="paper", crop_scale=cfg.crop_scale, color=cfg.color, blur=cfg.blur)
+            if cfg.augment
+            else None
         )
         self.iteration = 0
 

@@ -14,7 +14,7 @@ from .core import check_choice, check_positive, check_int
 # %% auto #0
 __all__ = ['ChainCallback', 'BUFFER_POLICIES', 'AUGMENTATIONS', 'langevin_step', 'frozen', 'check_callback', 'langevin',
            'ChainRecorder', 'ReplayBuffer', 'from_noise', 'from_data', 'from_buffer', 'from_generator', 'from_encoder',
-           'ChainBuffer', 'augment', 'paper_augment', 'nn_entropy', 'latent_energy']
+           'ChainBuffer', 'augment', 'nn_entropy', 'latent_energy']
 
 # %% ../nbs/03_sampling.ipynb #48996cd7
 def _num(name: str, value, zero_ok: bool = False):
@@ -663,11 +663,6 @@ def _paper(
     if blur is not None:
         x = torch.where((_rand(n, generator, dev) < 0.5).view(n, 1, 1, 1), _blur(x, blur, generator), x)
     return x.clamp(0, 1).contiguous()
-
-# %% ../nbs/03_sampling.ipynb #b849a2f7
-def paper_augment(x: torch.Tensor, generator: torch.Generator | None = None, **options) -> torch.Tensor:
-    "`augment(x, generator, 'paper', **options)`, under the name existing callers import."
-    return augment(x, generator, "paper", **options)
 
 # %% ../nbs/03_sampling.ipynb #890f3ad4
 def nn_entropy(x: torch.Tensor, bank: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -19,7 +19,6 @@ from ebm_nb.sampling import (
     langevin,
     langevin_step,
     nn_entropy,
-    paper_augment,
 )
 
 E = lambda x: 0.5 * x.pow(2).flatten(1).sum(1)
@@ -298,7 +297,7 @@ def test_buffer_chain_and_recorder_make_no_host_sync():
 def test_one_augmentation_entry_point():
     x = torch.rand(6, 3, 8, 8, generator=gen(0))
     a = augment(x, gen(1), "paper", crop_scale=(0.5, 1.0), blur=3)
-    assert torch.equal(a, paper_augment(x, gen(1), crop_scale=(0.5, 1.0), blur=3)) and a.shape == x.shape
+    assert torch.equal(a, augment(x, gen(1), ops="paper", crop_scale=(0.5, 1.0), blur=3)) and a.shape == x.shape
     with pytest.raises(TypeError, match="options of ops='paper'"):
         augment(x, gen(1), ("flip",), p_gray=0.5)
     with pytest.raises(ValueError, match="ops must be a tuple"):
