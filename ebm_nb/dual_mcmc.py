@@ -460,7 +460,13 @@ DUAL_MCMC_EVAL = {
 }
 for _scale, _ds in DUAL_MCMC_PRESETS:
     register_preset("dual_mcmc_eval", _scale, _ds, DUAL_MCMC_EVAL[_scale])
-X_CHAIN_LENGTHS = {"smoke": [2, 4, 6], "quick": [5, 10, 15, 25], "gpu": [10, 20, 30, 50], "paper": [10, 20, 30, 50]}
+X_CHAIN_LENGTHS = {
+    "smoke": [2, 4, 6],
+    "quick": [5, 10, 15, 25],
+    "cpu": [5, 10, 15, 25],
+    "gpu": [10, 20, 30, 50],
+    "paper": [10, 20, 30, 50],
+}
 
 # %% ../nbs/12_dual_mcmc.ipynb #7e3f7824
 DATASETS = ("fmnist", "cifar10", "celeba64")
@@ -613,7 +619,7 @@ def step_seconds(
 
 # %% ../nbs/12_dual_mcmc.ipynb #27bd6110
 def paper_setup(
-    scale: str,  # smoke | quick | gpu | paper
+    scale: str,  # smoke | quick | cpu | gpu | paper
     dataset: str,  # fmnist | cifar10 | celeba64
     device="auto",  # the notebook's device parameter
     seed: int = 0,  # the notebook's base seed: seeds the global random numbers
