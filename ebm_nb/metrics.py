@@ -773,6 +773,7 @@ def quality_claim(
     floor: dict | None,  # the quality floor (`quality_floor()`), or None where there is none (Inception FID)
     fd: str = "fd_fmnist",  # the FD key of the rows
     is_: str = "is_fmnist",  # the IS key of the rows
+    tie_ok: bool = False,  # the claim is "at least as good": an equal FD holds too
 ) -> dict:
     "A three-state `check`: A's FD below B's, unless both are below the quality floor or the KIDs are within noise."
     from ebm_nb.results import check
@@ -784,7 +785,7 @@ def quality_claim(
     reason = not_testable([a, b], floor, fd, is_) if floor else None
     if reason is None and abs(a["kid"] - b["kid"]) <= noise:
         reason = "not testable at this scale: the difference is within the KID noise"
-    holds = None if reason else bool(a[fd] < b[fd])
+    holds = None if reason else bool(a[fd] <= b[fd] if tie_ok else a[fd] < b[fd])
     return check(claim, paper, f"{a[fd]:.2f} vs {b[fd]:.2f}", holds, f"{note}" + (f"; {reason}" if reason else ""))
 
 # %% ../nbs/04_metrics.ipynb #ff1b1bac

@@ -85,8 +85,9 @@ def main(argv):
     if len(argv) < 2 or argv[0].startswith("-"): sys.exit(__doc__)
     for p in argv[1:]:
         claims = recheck(argv[0], p)
-        print(f"{p}: {sum(c['holds'] for c in claims)} of {len(claims)} claims hold")
-        for c in claims: print(f"  {'yes' if c['holds'] else 'NO '}  {c['claim']}")
+        from ebm_nb.results import VERDICTS, tally
+        print(f"{p}: {tally(claims)}")
+        for c in claims: print(f"  {VERDICTS[c['holds']]:12s}  {c['claim']}")
 
 
 if __name__ == "__main__":
