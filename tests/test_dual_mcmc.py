@@ -2,7 +2,7 @@
 resumes bit-exactly through `train(ckpt_path=...)`, spectral norm is computed once per step without changing the chain,
 and two gloo ranks under torchrun end with identical nets."""
 
-import dataclasses, os, subprocess, sys, textwrap
+import dataclasses, textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from ebm_nb.dual_mcmc import DualMCMC, DualMCMCConfig, check_nets, dual_mcmc_net
 from ebm_nb.nets import ConvEncoder, ConvEnergy, ResEncoder, ResEnergy, ResGenerator
 from ebm_nb.sampling import ChainRecorder
 from ebm_nb.training import TrainingDiverged, train
+from helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 16, 16)
@@ -303,20 +304,7 @@ ddp_cleanup()
 def test_ddp_two_gloo_ranks_hold_identical_nets(tmp_path):
     script = tmp_path / "ddp_dual_mcmc.py"
     script.write_text(textwrap.dedent(SCRIPT))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EBM_NB_QUIET": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(script),
-        str(tmp_path),
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = torchrun(script, tmp_path)
     assert set(r0["final"]) == {"energy", "generator", "encoder"}
     assert any(not torch.equal(r0["init"]["energy"][n], r1["init"]["energy"][n]) for n in r0["init"]["energy"])
     for k in r0["final"]:

@@ -9,6 +9,7 @@ from ebm_nb.checkpoints import load_checkpoint
 from ebm_nb.improved_cd import ImprovedCD, ablate, fit
 from ebm_nb.sampling import frozen, langevin
 from ebm_nb.training import TrainingDiverged
+from helpers import torchrun
 
 SHAPE = (1, 16, 16)
 DATA = torch.rand(256, *SHAPE, generator=torch.Generator().manual_seed(0))
@@ -173,26 +174,9 @@ ddp_cleanup()
 
 
 def test_ddp_two_ranks_hold_identical_weights(tmp_path):
-    import os, subprocess, sys
-    from pathlib import Path
-
     script = tmp_path / "icd_ddp.py"
     script.write_text(DDP_SCRIPT)
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EBM_NB_QUIET": "1", "PYTHONPATH": str(root)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(script),
-        str(tmp_path),
-    ]
-    res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = torchrun(script, tmp_path)
     assert all(torch.equal(r0["net"][k], r1["net"][k]) for k in r0["net"])  # broadcast + averaged, clipped gradients
     assert all(torch.equal(r0["ema"][k], r1["ema"][k]) for k in r0["ema"])  # the EMA equal across ranks
     assert not torch.equal(r0["buffer"], r1["buffer"])  # each rank keeps its own buffer

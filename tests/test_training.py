@@ -1,9 +1,6 @@
 """The training loop: EMA, the divergence guard, argument checks, exact resume, and data-parallel training under
 torchrun."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from ebm_nb import training
 from ebm_nb.core import seed_everything
 from ebm_nb.checkpoints import load_checkpoint
 from ebm_nb.training import EMA, GaussianCD, TrainingDiverged, check_logs, train
+from helpers import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = 2 + 0.5 * torch.randn(500, 1, generator=torch.Generator().manual_seed(0))
@@ -186,20 +184,7 @@ def test_reserved_ema_name_and_bad_step_output():
 
 
 def test_ddp_two_ranks_under_torchrun(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EBM_NB_QUIET": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(ROOT / "tests" / "ddp_script.py"),
-        str(tmp_path),
-    ]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert res.returncode == 0, f"torchrun failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = torchrun(ROOT / "tests" / "ddp_script.py", tmp_path, timeout=180)
     assert not torch.equal(r0["init"]["mu"], r1["init"]["mu"])  # the ranks started apart ...
     for k in r0["final"]:  # ... and end equal (broadcast + averaged gradients), having trained
         assert torch.equal(r0["final"][k], r1["final"][k]) and torch.equal(r0["resumed"][k], r1["resumed"][k])
