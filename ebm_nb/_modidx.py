@@ -166,6 +166,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ebm_nb.dual_mcmc.DualMCMCConfig.nets': ('dual_mcmc.html#dualmcmcconfig.nets', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc.DualMCMCEval': ('dual_mcmc.html#dualmcmceval', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc._check_config': ('dual_mcmc.html#_check_config', 'ebm_nb/dual_mcmc.py'),
+                                  'ebm_nb.dual_mcmc._fit_row': ('dual_mcmc.html#_fit_row', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc._gen_scores': ('dual_mcmc.html#_gen_scores', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc._image_shape': ('dual_mcmc.html#_image_shape', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc._rec_scores': ('dual_mcmc.html#_rec_scores', 'ebm_nb/dual_mcmc.py'),

@@ -145,10 +145,11 @@ def trained(
     retrain: bool = False,  # ignore the cache and train again (the new model replaces the cached one)
     folder=None,  # the cache folder; default `cache_dir()`
 ) -> tuple[object, dict]:
-    "`(model, info)`: the cached model of `key` when there is one, else `fit(model)` once, saved for next time."
+    """`(model, info)`: the cached model of `key` when there is one, else `fit(model)` once, saved for next time.
+    Loading also restores the global random state as training left it, so what follows draws the same numbers."""
     path = Path(folder or cache_dir()) / f"{key}.pt"
     if path.exists() and not retrain:
-        ck = load_checkpoint(path, restore_rng=False, model=model)
+        ck = load_checkpoint(path, model=model)
         return model, {**ck["extra"], "cached": True}
     t0 = time.time()
     info = dict(fit(model) or {})

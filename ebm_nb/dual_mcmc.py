@@ -520,6 +520,7 @@ def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
         mse = (rec - x_track).pow(2).mean().item()
         curve.append({"iter": it, "mse": mse, "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
 
+    tracker.curve = curve  # what the cache keeps beside the model
     return tracker
 
 # %% ../nbs/12_dual_mcmc.ipynb #e47d826e
@@ -553,6 +554,27 @@ def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dic
     samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
     return row
 
+# %% ../nbs/12_dual_mcmc.ipynb #7386b10e
+def _fit_row(m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, track: int, cache: bool):
+    "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
+    from ebm_nb.checkpoints import model_key, trained
+    from ebm_nb.training import train
+
+    curve = getattr(callback, "curve", [])
+
+    def fit(m):
+        t0 = time.time()
+        log_every = max(1, cfg.iters // 20)
+        hist = train(
+            m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=log_every, desc=variant, callback=callback
+        )
+        return {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "history": hist, "curve": curve}
+
+    if not cache:
+        return m, fit(m) | {"cached": False}
+    key = model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")
+    return trained(key, m, fit)
+
 # %% ../nbs/12_dual_mcmc.ipynb #1857125f
 def run_row(
     row: dict,  # a protocol row: `preset` (a variant of VARIANTS) and optional `overrides` of its fields
@@ -568,10 +590,10 @@ def run_row(
     n_show: int = 36,  # images kept per kind for the notebook's figure
     track: int = 0,  # test images whose reconstruction is tracked over training (0: none)
     return_state: bool = False,  # add the trained method's state_dict as `_state`
+    cache: bool | None = None,  # reuse the model trained once for this config and seed; None: above smoke
 ) -> dict:
     "Train the row's variant at `scale` on `dataset`, score it: the table's numbers, `_samples`, `_history`, `_curve`."
     from ebm_nb.core import seed_everything
-    from ebm_nb.training import train
 
     for e in evals:
         check_choice("evaluation", e, ("gen", "rec"))
@@ -582,12 +604,11 @@ def run_row(
     m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
     curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
     callback = _tracker(m, x_track, curve) if track and "generator" in m.nets else None
-    t0 = time.time()
-    log_every = max(1, cfg.iters // 20)
-    hist = train(
-        m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=log_every, desc=variant, callback=callback
+    m, info = _fit_row(
+        m, cfg, seed, dataset, variant, x_train, g, callback, track, scale != "smoke" if cache is None else cache
     )
-    out = {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters}
+    hist, curve = info["history"], info["curve"]
+    out = {"iters": cfg.iters, "s_per_iter": info["s_per_iter"], "cached": info["cached"]}
     out |= {"loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}
     samples = {}
     if "gen" in evals:

@@ -311,3 +311,18 @@ def test_ddp_two_gloo_ranks_hold_identical_nets(tmp_path):
         for n in r0["final"][k]:
             assert torch.equal(r0["final"][k][n], r1["final"][k][n]), (k, n)
         assert any(not torch.equal(r0["final"][k][n], r0["init"][k][n]) for n in r0["final"][k]), k
+
+
+def test_run_row_trains_once_and_reuses_the_cached_model(tmp_path, monkeypatch):
+    "Above smoke a row's model is cached; a second run loads it, gives the same row and says it was cached."
+    from ebm_nb.dual_mcmc import run_row
+
+    monkeypatch.setenv("EBM_NB_CACHE", str(tmp_path))
+    kw = dict(scale="smoke", dataset="fmnist", n_eval=20, n_ref=50, n_show=4, track=4, cache=True)
+    a = run_row({"preset": "dual_mcmc"}, 0, **kw)
+    b = run_row({"preset": "dual_mcmc"}, 0, **kw)
+    assert not a["cached"] and b["cached"] and len(list(tmp_path.glob("dual_mcmc-*.pt"))) == 1
+    assert a["fd_fmnist"] == b["fd_fmnist"] and a["_history"] == b["_history"] and a["_curve"] == b["_curve"]
+    assert a["s_per_iter"] == b["s_per_iter"]
+    c = run_row({"preset": "dual_mcmc", "overrides": {"lr_e": 1e-4}}, 0, **kw)
+    assert not c["cached"]  # another config, another model
