@@ -317,6 +317,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.metrics.inception_fid': ('metrics.html#inception_fid', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.inception_score': ('metrics.html#inception_score', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.inception_weights_path': ('metrics.html#inception_weights_path', 'ebm_nb/metrics.py'),
+                                'ebm_nb.metrics.is_key_of': ('metrics.html#is_key_of', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.kid': ('metrics.html#kid', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.kid_fmnist': ('metrics.html#kid_fmnist', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.ladder_images': ('metrics.html#ladder_images', 'ebm_nb/metrics.py'),

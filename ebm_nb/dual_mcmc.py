@@ -524,20 +524,19 @@ def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
         mse = (rec - x_track).pow(2).mean().item()
         curve.append({"iter": it, "mse": mse, "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
 
-    tracker.curve = curve  # what the cache keeps beside the model
     return tracker
 
 # %% ../nbs/12_dual_mcmc.ipynb #e47d826e
 def _gen_scores(m: DualMCMC, dataset: str, dev, n_eval: int, n_ref, n_show: int, samples: dict) -> dict:
     """FD (or FID), KID, IS, density and coverage of `m`'s EBM-revised and raw generator samples; the first `n_show` go
     to `samples`."""
-    from ebm_nb.metrics import feature_stats, image_eval
+    from ebm_nb.metrics import feature_stats, image_eval, is_key_of
 
     feats, metric = feature_fn(dataset, dev), METRIC[dataset]
     ref = feature_stats(feats, dual_mcmc_data(dataset, "test", n_ref))
     keep = lambda name: lambda i, x: samples.setdefault(name, x[:n_show]) if i == 0 else None
     ebm = image_eval(lambda k: m.sample(k), n_eval, ref, feats, metric, chunk_fn=keep("ebm"))
-    is_key = metric.replace("fd", "is", 1) if metric.startswith("fd") else "is"
+    is_key = is_key_of(metric)
     keys = (metric, "kid", "kid_std", is_key, "density", "coverage")
     row = {k: ebm.get(k) for k in keys} | {"n_eval": ebm["n_eval"]}
     row["n_ref"] = ebm["n_ref"]
@@ -559,12 +558,12 @@ def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dic
     return row
 
 # %% ../nbs/12_dual_mcmc.ipynb #7386b10e
-def _fit_row(m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, track: int, cache: bool):
+def _fit_row(
+    m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, cache: bool
+):
     "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
     from ebm_nb.checkpoints import model_key, trained
     from ebm_nb.training import train
-
-    curve = getattr(callback, "curve", [])
 
     def fit(m):
         t0 = time.time()
@@ -609,7 +608,7 @@ def run_row(
     curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
     callback = _tracker(m, x_track, curve) if track and "generator" in m.nets else None
     m, info = _fit_row(
-        m, cfg, seed, dataset, variant, x_train, g, callback, track, scale != "smoke" if cache is None else cache
+        m, cfg, seed, dataset, variant, x_train, g, callback, curve, track, scale != "smoke" if cache is None else cache
     )
     hist, curve = info["history"], info["curve"]
     out = {"iters": cfg.iters, "s_per_iter": info["s_per_iter"], "cached": info["cached"]}

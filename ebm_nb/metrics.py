@@ -23,8 +23,8 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
            'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
-           'FeatureStats', 'feature_stats', 'image_eval', 'blur', 'ladder_images', 'ladder_path', 'quality_floor',
-           'below_floor', 'not_testable', 'quality_claim', 'ladder_job']
+           'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'blur', 'ladder_images', 'ladder_path',
+           'quality_floor', 'below_floor', 'not_testable', 'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -670,6 +670,11 @@ def _logits(head, f: np.ndarray) -> np.ndarray:
     dev = fn_device(head)
     return torch.as_tensor(head(torch.as_tensor(f, dtype=torch.float32, device=dev))).double().cpu().numpy()
 
+# %% ../nbs/04_metrics.ipynb #f14bc3cf
+def is_key_of(fd_key: str) -> str:
+    "The name of the IS that goes with a Fréchet-distance key: 'fd_fmnist' -> 'is_fmnist', 'fd' -> 'is', 'fid' -> 'is'."
+    return fd_key.replace("fd", "is", 1) if fd_key.startswith("fd") else "is"
+
 # %% ../nbs/04_metrics.ipynb #59ede2d2
 def image_eval(
     sample_fn,  # k -> k images (k, C, H, W) in [0, 1]
@@ -701,7 +706,7 @@ def image_eval(
     fd = frechet_distance(*gen.mean_cov(), *ref.mean_cov())
     f, fr = gen.features, ref.features
     k, k_std = kid(f, fr, subset_size=min(kid_subset, len(f), len(fr)))
-    is_key = key.replace("fd", "is", 1) if key.startswith("fd") else "is"
+    is_key = is_key_of(key)
     score = inception_score(np.concatenate(logits)) if logits else None
     out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, **density_coverage(fr, f)}
     return out | {"n_eval": gen.n, "n_ref": ref.n}
@@ -772,12 +777,13 @@ def quality_claim(
     b: dict,  # the row it should beat
     floor: dict | None,  # the quality floor (`quality_floor()`), or None where there is none (Inception FID)
     fd: str = "fd_fmnist",  # the FD key of the rows
-    is_: str = "is_fmnist",  # the IS key of the rows
+    is_: str | None = None,  # the IS key of the rows; None: the one that goes with `fd`
     tie_ok: bool = False,  # the claim is "at least as good": an equal FD holds too
 ) -> dict:
     "A three-state `check`: A's FD below B's, unless both are below the quality floor or the KIDs are within noise."
     from ebm_nb.results import check
 
+    is_ = is_ or is_key_of(fd)
     noise = a["kid_std"] + b["kid_std"]
     note = f"KID {a['kid']:.3f} ± {a['kid_std']:.3f} vs {b['kid']:.3f} ± {b['kid_std']:.3f}"
     if a.get(is_) is not None and b.get(is_) is not None:

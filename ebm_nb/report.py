@@ -263,12 +263,13 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
                 f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |"
             )
         out.append("")
+    ladder = ladder_line(tables)
     for paper in folders:
         mine = [t for t in tables if t["paper"] == paper]
         figs = _figures(root / paper, [t["stem"] for t in mine])
         out += [f"## {'Benchmarks' if paper == BENCHMARKS else paper}", ""]
         for t in mine:
-            out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root, ladder_line(tables))
+            out += _section(t, figs.get(t["stem"], []), notebook_of(t, notebooks), root, ladder)
         if figs.get(None):
             out += ["### Figures without a table", ""] + [f"![{p}]({paper}/{p})" for p in figs[None]] + [""]
     return "\n".join(out).rstrip() + "\n"
