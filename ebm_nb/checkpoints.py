@@ -11,7 +11,8 @@ import torch
 from .core import atomic_path, remove_stale_temps
 
 # %% auto #0
-__all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'cache_dir', 'code_hash', 'model_key', 'trained']
+__all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'cache_dir', 'pretrained_dir', 'sha256_file',
+           'read_manifest', 'find_pretrained', 'code_hash', 'model_key', 'trained', 'publish_pretrained']
 
 # %% ../nbs/00c_checkpoints.ipynb #14c628e6
 def rng_state() -> dict:
@@ -106,6 +107,43 @@ def cache_dir() -> Path:
 
     return Path(os.environ.get("EBM_NB_CACHE") or repo_root() / "checkpoints" / "cache")
 
+# %% ../nbs/00c_checkpoints.ipynb #9588f92a
+def pretrained_dir() -> Path:
+    "The committed `cpu` reference models: `$EBM_NB_PRETRAINED`, else `<repo>/checkpoints/pretrained` (manifest.json)."
+    from ebm_nb.core import repo_root
+
+    return Path(os.environ.get("EBM_NB_PRETRAINED") or repo_root() / "checkpoints" / "pretrained")
+
+
+def sha256_file(path) -> str:
+    "The sha256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+# %% ../nbs/00c_checkpoints.ipynb #4dfb2280
+def read_manifest(folder=None) -> dict:
+    "The committed models' manifest, `{name: entry}` (file, spec, key, sha256, command, commit, train_s, score)."
+    path = Path(folder or pretrained_dir()) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def find_pretrained(spec: str, folder=None) -> Path | None:
+    "The committed checkpoint of `spec` (`model_key(..., code=False)`), its sha256 checked; None when there is none."
+    folder = Path(folder or pretrained_dir())
+    for name, e in read_manifest(folder).items():
+        if e["spec"] == spec:
+            path = folder / e["file"]
+            if not path.is_file() or sha256_file(path) != e["sha256"]:
+                raise ValueError(
+                    f"The pretrained model {name!r} at {path} is missing or does not match its sha256 in "
+                    "manifest.json; restore it with git (git checkout -- checkpoints/pretrained) or pass retrain=True."
+                )
+            return path
+    return None
+
 # %% ../nbs/00c_checkpoints.ipynb #709f71de
 def code_hash(
     modules=("core", "nets", "sampling", "training", "data"),  # ebm_nb modules whose source decides the training
@@ -128,12 +166,15 @@ def model_key(
     seed: int,  # the training seed
     data: str,  # what it trains on, e.g. "fmnist:train" or "fmnist:classes=0,1"
     modules=("core", "nets", "sampling", "training", "data"),  # the modules that train it, beside the method's own
+    code: bool = True,  # False: leave the code out, the key of a committed `pretrained` model (it outlives edits)
 ) -> str:
     "The cache key of a trained model: a hash of the method, its whole config, the seed, the data and the code."
     import dataclasses
 
     spec = {"method": method, "config": dataclasses.asdict(cfg), "config_class": type(cfg).__name__}
-    spec |= {"seed": int(seed), "data": data, "code": code_hash((*modules, method))}
+    spec |= {"seed": int(seed), "data": data}
+    if code:
+        spec["code"] = code_hash((*modules, method))
     blob = json.dumps(spec, sort_keys=True, default=repr).encode()
     return f"{method}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
@@ -142,17 +183,51 @@ def trained(
     key: str,  # from `model_key`
     model,  # the method object, freshly built (its state is loaded from the cache or made by `fit`)
     fit,  # `fit(model) -> dict` trains it and returns what to keep beside it (e.g. seconds, iterations)
-    retrain: bool = False,  # ignore the cache and train again (the new model replaces the cached one)
+    retrain: bool = False,  # ignore the cache and the committed models and train again (replaces the cached one)
     folder=None,  # the cache folder; default `cache_dir()`
+    spec: str | None = None,  # `model_key(..., code=False)`: load the committed `pretrained` model of this spec
+    extra: dict | None = None,  # more objects saved and loaded beside `model` (e.g. {"ema": m.ema})
 ) -> tuple[object, dict]:
-    """`(model, info)`: the cached model of `key` when there is one, else `fit(model)` once, saved for next time.
-    Loading also restores the global random state as training left it, so what follows draws the same numbers."""
+    """`(model, info)`: the committed pretrained model of `spec`, else the cached model of `key`, else `fit(model)`
+    once, saved for next time. Loading also restores the global random state as training left it, so what follows
+    draws the same numbers. `info["cached"]` says which: "pretrained", True (the cache) or False (trained now)."""
+    objects = {"model": model, **(extra or {})}
     path = Path(folder or cache_dir()) / f"{key}.pt"
-    if path.exists() and not retrain:
-        ck = load_checkpoint(path, model=model)
-        return model, {**ck["extra"], "cached": True}
+    committed = find_pretrained(spec) if spec and not retrain else None
+    if committed is not None or (path.exists() and not retrain):
+        ck = load_checkpoint(committed or path, **objects)
+        return model, {**ck["extra"], "cached": "pretrained" if committed else True}
     t0 = time.time()
     info = dict(fit(model) or {})
     info.setdefault("train_s", round(time.time() - t0, 1))
-    save_checkpoint(path, info.get("iters", 0), extra=info, model=model)
+    save_checkpoint(path, info.get("iters", 0), extra=info, **objects)
     return model, {**info, "cached": False}
+
+# %% ../nbs/00c_checkpoints.ipynb #51607f4f
+def publish_pretrained(
+    name: str,  # the model's name in the manifest, e.g. "dual_mcmc-cpu-fmnist-seed0"
+    key: str,  # its cache key (`model_key`): the cached file to publish
+    spec: str,  # `model_key(..., code=False)`: what `trained(..., spec=)` looks it up by
+    command: str,  # the command that trained it
+    commit: str,  # the commit of the code that trained it
+    score: dict | None = None,  # what a test re-scores (sample count, seed, numbers)
+    cache=None,  # the cache folder it was trained into; default `cache_dir()`
+    folder=None,  # the committed folder; default `pretrained_dir()`
+) -> dict:
+    "Copy a cached model into the committed folder and list it in the manifest (sha256, size, command, commit, time)."
+    import shutil
+
+    from ebm_nb.core import atomic_write_text
+
+    src, folder = Path(cache or cache_dir()) / f"{key}.pt", Path(folder or pretrained_dir())
+    if not src.is_file():
+        raise FileNotFoundError(f"No cached model {key} in {src.parent}; train it first (the runner with cache=True).")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, folder / f"{name}.pt")
+    info = torch.load(src, map_location="cpu", weights_only=False)["extra"]
+    entry = {"file": f"{name}.pt", "spec": spec, "key": key, "sha256": sha256_file(folder / f"{name}.pt")}
+    entry |= {"bytes": (folder / f"{name}.pt").stat().st_size, "command": command, "commit": commit}
+    entry |= {"train_s": info.get("train_s"), "iters": info.get("iters"), "score": score or {}}
+    manifest = read_manifest(folder) | {name: entry}
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return entry

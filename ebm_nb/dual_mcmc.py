@@ -559,7 +559,7 @@ def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dic
 
 # %% ../nbs/12_dual_mcmc.ipynb #7386b10e
 def _fit_row(
-    m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, cache: bool
+    m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, how: dict
 ):
     "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
     from ebm_nb.checkpoints import model_key, trained
@@ -573,10 +573,10 @@ def _fit_row(
         )
         return {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "history": hist, "curve": curve}
 
-    if not cache:
+    if not how["cache"]:
         return m, fit(m) | {"cached": False}
-    key = model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")
-    return trained(key, m, fit)
+    keys = [model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}", code=c) for c in (True, False)]
+    return trained(keys[0], m, fit, how["retrain"], spec=keys[1] if how["pretrained"] else None)
 
 # %% ../nbs/12_dual_mcmc.ipynb #1857125f
 def run_row(
@@ -594,6 +594,8 @@ def run_row(
     track: int = 0,  # test images whose reconstruction is tracked over training (0: none)
     return_state: bool = False,  # add the trained method's state_dict as `_state`
     cache: bool | None = None,  # reuse the model trained once for this config and seed; None: above smoke
+    pretrained: bool = False,  # load the committed `cpu` model of this config and seed when there is one
+    retrain: bool = False,  # ignore the cache and the committed models: train again
 ) -> dict:
     "Train the row's variant at `scale` on `dataset`, score it: the table's numbers, `_samples`, `_history`, `_curve`."
     from ebm_nb.core import seed_everything
@@ -607,9 +609,8 @@ def run_row(
     m = DualMCMC(cfg, tuple(x_train.shape[1:]), dev, generator=torch.Generator().manual_seed(seed + 1))
     curve, x_track = [], dual_mcmc_data(dataset, "test", check_int("track", track, 0)) if track else None
     callback = _tracker(m, x_track, curve) if track and "generator" in m.nets else None
-    m, info = _fit_row(
-        m, cfg, seed, dataset, variant, x_train, g, callback, curve, track, scale != "smoke" if cache is None else cache
-    )
+    how = {"cache": scale != "smoke" if cache is None else cache, "pretrained": pretrained, "retrain": retrain}
+    m, info = _fit_row(m, cfg, seed, dataset, variant, x_train, g, callback, curve, track, how)
     hist, curve = info["history"], info["curve"]
     out = {"iters": cfg.iters, "s_per_iter": info["s_per_iter"], "cached": info["cached"]}
     out |= {"loss_e": hist[-1]["loss_e"], "e_gap": hist[-1]["e_gap"]}

@@ -23,8 +23,8 @@ from .sampling import frozen
 
 # %% auto #0
 __all__ = ['IMAGE_DATASETS', 'IMAGE_METRIC', 'IMAGE_ABLATIONS', 'GCDConfig', 'cosine_lr', 'time_cost', 'GCD', 'toy2d_scratch',
-           'ImageEvalSizes', 'toy_ddpm', 'table1_job', 'load_images', 'image_features', 'image_ddpm', 'image_variant',
-           'fmnist_vectors', 'anomaly_class']
+           'ImageEvalSizes', 'toy_ddpm', 'table1_job', 'load_images', 'image_features', 'state_hash', 'image_ddpm',
+           'image_variant', 'fmnist_vectors', 'anomaly_class']
 
 # %% ../nbs/14_gcd.ipynb #392889f6
 def _check_gcd_config(c) -> None:
@@ -375,6 +375,7 @@ _short, _released = (
 for _scale, _kw in {
     "smoke": dict(hidden=8, iters=2, batch_size=8, **_short),
     "quick": dict(hidden=16, iters=100, batch_size=64, **_short),
+    "cpu": dict(hidden=16, iters=1000, batch_size=64, **_short),
     "gpu": dict(hidden=64, iters=5000, batch_size=128, **_released),
     "paper": dict(hidden=128, iters=78000, batch_size=128, **_released),
 }.items():
@@ -516,6 +517,19 @@ def image_features(dataset: str, device="cpu"):
     check_choice("dataset", dataset, IMAGE_DATASETS)
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
 
+# %% ../nbs/14_gcd.ipynb #cd1976be
+_GCD_CODE = ("core", "nets", "sampling", "training", "data", "diffusion")  # the modules that fine-tune, beside gcd
+
+
+def state_hash(state: dict) -> str:
+    "A short sha256 of a state dict's names and tensor bytes: it names a pretrained net in a cache key."
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode() + b"\0" + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
 # %% ../nbs/14_gcd.ipynb #3e45f2d4
 def _load_ddpm(ddpm: DDPM, path, scale: str) -> DDPM:
     "Load a DDPM checkpoint into `ddpm` (a relative path may be relative to the repository), with a clear error."
@@ -546,9 +560,13 @@ def image_ddpm(
     save_to=None,  # where to save a DDPM trained here
     device="cpu",
     generator=None,
+    seed: int | None = None,  # with `cache`: the seed `generator` was made from (part of the cache key)
+    cache: bool = False,  # train once per (preset, seed, data, code), then load (`checkpoints.trained`)
+    pretrained: bool = False,  # with `cache`: load the committed `cpu` DDPM of this preset and seed if there is one
+    retrain: bool = False,  # ignore the cache and the committed models
 ) -> DDPM:
     "The pretrained DDPM of the image table: loaded from checkpoint `path`, or trained on `data` (saved to `save_to`)."
-    from ebm_nb.checkpoints import save_checkpoint
+    from ebm_nb.checkpoints import model_key, save_checkpoint, trained
 
     check_choice("dataset", dataset, IMAGE_DATASETS)
     shape = (1, 28, 28) if dataset == "fmnist" else (3, 32, 32)
@@ -557,7 +575,17 @@ def image_ddpm(
         return _load_ddpm(ddpm, path, scale)
     if data is None:
         raise ValueError("image_ddpm needs a checkpoint `path` or `data` to train on.")
-    train(ddpm, data, ddpm.cfg.iters, ddpm.cfg.batch_size, generator=generator, desc=f"{dataset} ddpm")
+    if cache and seed is None:
+        raise ValueError("image_ddpm(cache=True) needs the `seed` its generator was made from: it keys the cache.")
+    fit = lambda d: {
+        "iters": d.cfg.iters,
+        "history": train(d, data, d.cfg.iters, d.cfg.batch_size, generator=generator, desc=f"{dataset} ddpm"),
+    }
+    if cache:
+        keys = [model_key("diffusion", ddpm.cfg, seed, f"{dataset}:train:n={len(data)}", code=c) for c in (True, False)]
+        trained(keys[0], ddpm, fit, retrain, spec=keys[1] if pretrained else None)
+    else:
+        fit(ddpm)
     if save_to is not None:
         save_checkpoint(save_to, ddpm.cfg.iters, {"scale": scale, "dataset": dataset}, ddpm=ddpm)
     return ddpm
@@ -587,8 +615,13 @@ def image_variant(
     guidance: float = 0.5,  # lambda of the "+VG" row
     n_ref: int | None = None,  # test images the samples are compared with (None: all)
     n_show: int = 64,  # samples kept for the figure
+    cache: bool | None = None,  # fine-tune once per (config, seed, DDPM, code), then load; None: above smoke
+    pretrained: bool = False,  # load the committed `cpu` model of this config, seed and DDPM when there is one
+    retrain: bool = False,  # ignore the cache and the committed models
 ) -> list[dict]:
     "One Table 2 row for one seed: fine-tune the `row['T']`-step sampler of a DDPM with ablation `row['method']`."
+    from ebm_nb.checkpoints import model_key, trained
+
     name, T = check_choice("ablation", row["method"], tuple(IMAGE_ABLATIONS)), check_int("T", row["T"])
     x_train, x_ref = load_images(dataset, "train"), load_images(dataset, "test")[:n_ref]
     shape, gen = tuple(x_train.shape[1:]), seed_everything(seed)  # nets too: a worker process may run several jobs
@@ -596,10 +629,19 @@ def image_variant(
     ddpm.net.load_state_dict(eps_state)
     cfg = get_preset("gcd", scale, dataset, T=T, **IMAGE_ABLATIONS[name])
     m = GCD(cfg, shape, sampler=ddpm_sampler(ddpm.net, shape, T), device=device, generator=gen)
-    hist = train(m, x_train, cfg.iters, cfg.batch_size, generator=gen, desc=f"{name} T={T}")
+    fit = lambda m: {
+        "iters": cfg.iters,
+        "history": train(m, x_train, cfg.iters, cfg.batch_size, generator=gen, desc=f"{name} T={T}"),
+    }
+    if scale != "smoke" if cache is None else cache:
+        data = f"{dataset}:train:ddpm={state_hash(eps_state)}"
+        keys = [model_key("gcd", cfg, seed, data, modules=_GCD_CODE, code=c) for c in (True, False)]
+        info = trained(keys[0], m, fit, retrain, spec=keys[1] if pretrained else None)[1]
+    else:
+        info = fit(m) | {"cached": False}
     feats = image_features(dataset, device)
     rows = _image_rows(m, name, T, dataset, n_eval, feature_stats(feats, x_ref), feats, guidance, n_show)
-    return [{**r, "_history": hist} for r in rows]
+    return [{**r, "cached": info["cached"], "_history": info["history"]} for r in rows]
 
 # %% ../nbs/14_gcd.ipynb #441959c2
 def fmnist_vectors(x: Tensor) -> Tensor:

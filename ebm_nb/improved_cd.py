@@ -80,6 +80,7 @@ class ImprovedCDConfig:
     sample_steps: int | None = None  # Langevin steps of `sample` (None: steps)
     cache_weights: bool = True  # standardised / spectral-norm weights once per chain (False: per step, as the code)
     fast: bool = False  # on CUDA: the K-1 graph-free chain steps compiled (CUDA graphs), nets in bf16
+    compile: bool = False  # on any device: the graph-free chain steps compiled (inductor; ~3 min per net on a CPU)
 
     def __post_init__(self):
         _check_config(self)
@@ -237,10 +238,11 @@ def chain(
     "The sampler on unit-space `x0`: `steps` Langevin steps of `net`, clamped to [0, 1]."
     c = self.cfg
     fast = c.fast and self.device.type == "cuda"
-    cache = parametrize.cached() if c.cache_weights and not fast else contextlib.nullcontext()  # compile fuses them
+    compiled = fast or c.compile
+    cache = parametrize.cached() if c.cache_weights and not compiled else contextlib.nullcontext()  # compile fuses them
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext()
     with cache, amp:
-        return langevin(net, x0, steps, c.step_size, c.noise, generator, clamp=(0.0, 1.0), compile=fast, **kw)
+        return langevin(net, x0, steps, c.step_size, c.noise, generator, clamp=(0.0, 1.0), compile=compiled, **kw)
 
 # %% ../nbs/11_improved_cd.ipynb #ed2467cb
 @torch.no_grad()
@@ -483,6 +485,18 @@ for _scale, _kw in {
     "quick": dict(
         net_preset="fmnist_tiny", iters=200, batch_size=32, steps=10, buffer_size=10000, entropy_min_buffer=500
     ),
+    "cpu": dict(  # the chains of the issue's probe, trained longer: a FIFO buffer that turns over every 63 iterations
+        net_preset="fmnist_tiny",
+        iters=3000,
+        batch_size=32,
+        steps=20,
+        buffer_size=2000,
+        reinit_prob=0.05,
+        crop_scale=(0.5, 1.0),  # Fashion-MNIST's crops and colour: milder than CIFAR-10's (0.08, 1) and 1.0
+        color=0.5,
+        entropy_min_buffer=500,
+        sample_steps=40,
+    ),
     "gpu": dict(net_preset="fmnist_small", iters=4000, batch_size=128, steps=40, buffer_size=10000),
     "paper": dict(
         net_preset="cifar10",
@@ -566,32 +580,93 @@ def _train_images(n_train: int | None, classes: tuple | None) -> Tensor:
     return to_float(x_train[:n_train])
 
 # %% ../nbs/11_improved_cd.ipynb #8342e3a3
-def _fit_guarded(m: ImprovedCD, x_train: Tensor, g: torch.Generator, log_every: int, desc: str) -> tuple[dict, list]:
+def _fit_guarded(
+    m: ImprovedCD, x_train: Tensor, g: torch.Generator, log_every: int, desc: str, callback=None
+) -> tuple[dict, list]:
     "Train `m`: ({diverged, diverged_at, train_s}, the logged rows), also when the guard stops the run."
     import time
     from ebm_nb.training import TrainingDiverged
 
     t0, history = time.time(), []
-    try:  # the callback keeps the logged rows of a run that the guard stops
-        fit(m, x_train, generator=g, log_every=log_every, desc=desc, callback=lambda i, h: history.append(h))
+
+    def log(i, h):  # keeps the logged rows of a run that the guard stops
+        history.append(h)
+        if callback is not None:
+            callback(i, h)
+
+    try:
+        fit(m, x_train, generator=g, log_every=log_every, desc=desc, callback=log)
         status = dict(diverged=False, diverged_at=None)
     except TrainingDiverged as e:
         status = dict(diverged=True, diverged_at=e.iteration)
     return {**status, "train_s": round(time.time() - t0, 1)}, history
 
+# %% ../nbs/11_improved_cd.ipynb #7e5fb38d
+_CURVE_KEYS = ("fd_fmnist", "is_fmnist", "coverage")  # what `_quality_tracker` records over training
+
+
+def _fmnist_reference(device, n_ref: int | None) -> tuple:
+    "Our classifier's feature map and the feature statistics of the first `n_ref` test images (None: all)."
+    from ebm_nb.data import load_fashion_mnist, to_float
+    from ebm_nb.metrics import feature_stats, load_fmnist_classifier
+
+    feats = load_fmnist_classifier(device).features
+    return feats, feature_stats(feats, to_float(load_fashion_mnist("test")[0][:n_ref]))
+
+# %% ../nbs/11_improved_cd.ipynb #b8e1c14c
+def _quality_tracker(m: ImprovedCD, n: int, every: int, curve: list):
+    """A `fit` callback: FD-FMNIST, IS-FMNIST and coverage of `n` EMA samples into `curve` every `every` iterations,
+    with the training seconds so far (scoring time left out). It draws from its own generators and puts the global
+    random state back, so the trained model is the one an untracked run makes."""
+    import time
+    from ebm_nb.checkpoints import rng_state, set_rng_state
+    from ebm_nb.metrics import image_eval
+
+    feats, ref, t0, spent = None, None, time.time(), [0.0]
+
+    def tracker(i, _row):
+        nonlocal feats, ref
+        if i % every and i != m.cfg.iters:
+            return
+        t1, state = time.time(), rng_state()
+        if feats is None:
+            feats, ref = _fmnist_reference(m.device, None)
+        s = image_eval(lambda k: m.sample(k, generator=torch.Generator().manual_seed(7)), n, ref, feats, "fd_fmnist")
+        set_rng_state(state)
+        curve.append({"iter": i, "train_s": round(t1 - t0 - spent[0], 1)} | {k: s[k] for k in _CURVE_KEYS})
+        spent[0] += time.time() - t1
+
+    return tracker
+
+# %% ../nbs/11_improved_cd.ipynb #291337ec
+def _train_cached(m: ImprovedCD, seed: int, data: str, x_train, g, log_every: int, desc: str, track: int, how: dict):
+    """Train `m`, or load it (`checkpoints.trained`, `how`: cache, pretrained, retrain): {diverged, diverged_at,
+    train_s, iters, history, curve, cached}. `track` samples are scored about 8 times over training (0: never)."""
+    from ebm_nb.checkpoints import model_key, trained
+
+    def fit_(m):
+        curve, every = [], log_every * max(1, round(m.cfg.iters / 8 / log_every))
+        tracker = _quality_tracker(m, track, every, curve) if track else None
+        status, history = _fit_guarded(m, x_train, g, log_every, desc, tracker)
+        return {**status, "iters": m.iteration, "history": history, "curve": curve}
+
+    if not how["cache"]:
+        return fit_(m) | {"cached": False}
+    key = model_key("improved_cd", m.cfg, seed, data)
+    spec = model_key("improved_cd", m.cfg, seed, data, code=False) if how["pretrained"] else None
+    return trained(key, m, fit_, how["retrain"], spec=spec, extra={"ema": m.ema})[1]
+
 # %% ../nbs/11_improved_cd.ipynb #5587f8a6
 def _score_samples(m: ImprovedCD, seed: int, n_eval: int, n_ref: int | None) -> tuple[dict, Tensor]:
     "FD-FMNIST and KID of `n_eval` EMA samples against the first `n_ref` test images: (scores, 64 of the samples)."
-    from ebm_nb.data import load_fashion_mnist, to_float
-    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier
+    from ebm_nb.metrics import image_eval
 
-    x_ref = to_float(load_fashion_mnist("test")[0][:n_ref])
-    feats = load_fmnist_classifier(m.device).features
+    feats, ref = _fmnist_reference(m.device, n_ref)
     shown = []
     scores = image_eval(
         lambda k: m.sample(k, generator=torch.Generator().manual_seed(seed + 2)),
         n_eval,
-        feature_stats(feats, x_ref),
+        ref,
         feats,
         "fd_fmnist",
         chunk_fn=lambda i, x: shown.append(x[:64]) if i == 0 else None,
@@ -631,6 +706,10 @@ def run_variant(
     log_every: int = 10,  # iterations per logged row
     classes: tuple | None = None,  # train on these Fashion-MNIST classes only (one concept)
     return_model: bool = False,  # add the trained method as plain data (`rebuild` makes it an `ImprovedCD` again)
+    track: int = 0,  # EMA samples scored about 8 times over training: FD, IS, coverage against time (0: none)
+    cache: bool | None = None,  # train once per (config, seed, data, code), then load; None: above smoke
+    pretrained: bool = False,  # load the committed `cpu` model of this config and seed when there is one
+    retrain: bool = False,  # ignore the cache and the committed models: train again
 ) -> dict:
     """Train the `ablation` of the `scale`/`dataset` preset: {'row', 'history', 'samples', 'energies'(, 'model')}.
 
@@ -646,9 +725,11 @@ def run_variant(
     m = ImprovedCD(cfg, tuple(x_train.shape[1:]), device=dev, generator=torch.Generator().manual_seed(seed + 1))
     row = {"ablation": ablation, "seed": seed, "classes": classes, "iters": cfg.iters}
     row.update({k: getattr(cfg, k) for k in ("kl", "entropy", "augment", "multiscale", "spectral_norm", "self_attn")})
-    status, history = _fit_guarded(m, x_train, g, log_every, f"{ablation} seed {seed}")
-    row.update(status)
-    out = {"row": row, "samples": None, "energies": {}, "history": history}
+    how = {"cache": scale != "smoke" if cache is None else cache, "pretrained": pretrained, "retrain": retrain}
+    data = f"fmnist:train:n={n_train}:classes={classes}"
+    info = _train_cached(m, seed, data, x_train, g, log_every, f"{ablation} seed {seed}", track, how)
+    row.update({k: info[k] for k in ("diverged", "diverged_at", "train_s", "cached")})
+    out = {"row": row, "samples": None, "energies": {}, "history": info["history"], "curve": info["curve"]}
     if return_model:
         out["model"] = {"cfg": cfg, "shape": m.shape, "state": m.state_dict(), "ema": m.ema.module.state_dict()}
     if row["diverged"]:
