@@ -540,7 +540,7 @@ def _load_ddpm(ddpm: DDPM, path, scale: str) -> DDPM:
         path = repo_root() / path  # papermill runs in the notebook's folder
     if not path.is_file():
         raise FileNotFoundError(
-            f"No DDPM checkpoint at {path}; pass the file this notebook saved (checkpoints/gcd/) or None to train one."
+            f"No DDPM checkpoint at {path}; pass an existing file (`save_to` writes one) or None to train one."
         )
     try:
         load_checkpoint(path, restore_rng=False, ddpm=ddpm)
