@@ -459,6 +459,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ebm_nb.report.format_seconds': ('report.html#format_seconds', 'ebm_nb/report.py'),
                                'ebm_nb.report.ladder_line': ('report.html#ladder_line', 'ebm_nb/report.py'),
                                'ebm_nb.report.load_tables': ('report.html#load_tables', 'ebm_nb/report.py'),
+                               'ebm_nb.report.models_markdown': ('report.html#models_markdown', 'ebm_nb/report.py'),
                                'ebm_nb.report.notebook_of': ('report.html#notebook_of', 'ebm_nb/report.py'),
                                'ebm_nb.report.notebook_purpose': ('report.html#notebook_purpose', 'ebm_nb/report.py'),
                                'ebm_nb.report.order_columns': ('report.html#order_columns', 'ebm_nb/report.py'),

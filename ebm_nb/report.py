@@ -11,8 +11,8 @@ from .results import VERDICTS, tally
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
-           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'ladder_line', 'build_index',
-           'StaleIndex', 'write_index', 'report_main']
+           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'ladder_line', 'models_markdown',
+           'build_index', 'StaleIndex', 'write_index', 'report_main']
 
 # %% ../nbs/15_report.ipynb #9f0ac291
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
@@ -191,6 +191,28 @@ def ladder_line(tables: list[dict]) -> str:
         f"Reference ladder, FD-FMNIST / IS-FMNIST ([reference/{ladder['stem']}](#reference{ladder['stem']})): {rungs}."
     )
 
+# %% ../nbs/15_report.ipynb #83d52fc5
+def models_markdown(
+    manifest: dict,  # `checkpoints.read_manifest()`: the committed reference models
+) -> list[str]:
+    "Lines of the index's table of committed reference models (name, iterations, time, commit, small-sample score)."
+    if not manifest:
+        return []
+    out = ["### Committed reference models", ""]
+    out += [
+        "Loaded by the notebooks' `pretrained` parameter; `tools/pretrain.py` trains, publishes and re-scores them."
+    ]
+    out += ["", "| model | iterations | train time | commit | score: samples vs test images | FD-FMNIST | IS-FMNIST |"]
+    out += ["|---|---|---|---|---|---|---|"]
+    for name, e in sorted(manifest.items()):
+        s = e.get("score", {})
+        out.append(
+            f"| {name} | {format_cell(e.get('iters'))} | {format_seconds(e.get('train_s'))} | {e.get('commit')} | "
+            f"{s.get('n_eval')} vs {s.get('n_ref')} | {format_cell(s.get('fd_fmnist'))} | "
+            f"{format_cell(s.get('is_fmnist'))} |"
+        )
+    return out + [""]
+
 # %% ../nbs/15_report.ipynb #3321e570
 def _section(t: dict, figs: list[str], nb, root: Path, ladder: str = "") -> list[str]:
     m, paper, stem = t["meta"], t["paper"], t["stem"]
@@ -263,6 +285,9 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
                 f"{format_seconds(m.get('wall_time_s'))} | {_verdicts(table_checks(m))} |"
             )
         out.append("")
+    from ebm_nb.checkpoints import read_manifest
+
+    out += models_markdown(read_manifest(root.parent / "checkpoints" / "pretrained"))
     ladder = ladder_line(tables)
     for paper in folders:
         mine = [t for t in tables if t["paper"] == paper]
