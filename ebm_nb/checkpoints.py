@@ -211,6 +211,7 @@ def publish_pretrained(
     command: str,  # the command that trained it
     commit: str,  # the commit of the code that trained it
     score: dict | None = None,  # what a test re-scores (sample count, seed, numbers)
+    evaluation: dict | None = None,  # the full evaluation made when it was trained (e.g. 2000 samples)
     cache=None,  # the cache folder it was trained into; default `cache_dir()`
     folder=None,  # the committed folder; default `pretrained_dir()`
 ) -> dict:
@@ -228,6 +229,7 @@ def publish_pretrained(
     entry = {"file": f"{name}.pt", "spec": spec, "key": key, "sha256": sha256_file(folder / f"{name}.pt")}
     entry |= {"bytes": (folder / f"{name}.pt").stat().st_size, "command": command, "commit": commit}
     entry |= {"train_s": info.get("train_s"), "iters": info.get("iters"), "score": score or {}}
+    entry["evaluation"] = evaluation or {}
     manifest = read_manifest(folder) | {name: entry}
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return entry

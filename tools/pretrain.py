@@ -144,6 +144,7 @@ def main(argv=None):
     p.add_argument("--key", help="the cache key to publish (default: the key of this code)")
     p.add_argument("--command", help="the command that trained it (default: this script's train command)")
     p.add_argument("--commit", help="the commit that trained it (default: this checkout's)")
+    p.add_argument("--evaluation", help="a file holding the JSON row that `train` printed (its full evaluation)")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     keys, run = MODELS[a.name]
@@ -155,8 +156,11 @@ def main(argv=None):
     elif a.action == "publish":
         key, spec = keys()
         cmd = a.command or f"EBM_NB_CACHE=<cache> python tools/pretrain.py train {a.name}"
-        entry = publish_pretrained(a.name, a.key or key, spec, cmd, a.commit or git_commit())
-        entry = publish_pretrained(a.name, a.key or key, spec, cmd, a.commit or git_commit(), score(a.name))
+        ev = json.loads(open(a.evaluation).read().strip().splitlines()[-1]) if a.evaluation else {}
+        ev = {k: v for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        args = (a.name, a.key or key, spec, cmd, a.commit or git_commit())
+        publish_pretrained(*args)  # listed first, so that `score` loads it as the notebooks will
+        entry = publish_pretrained(*args, score(a.name), ev)
         print(json.dumps(entry, indent=1))
     else:
         print(json.dumps({"committed": read_manifest()[a.name]["score"], "now": score(a.name)}, indent=1))
