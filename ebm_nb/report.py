@@ -207,10 +207,11 @@ def models_markdown(
     out += ["| model | iterations | train time | commit | full | samples | re-scored | samples |", "|---" * 8 + "|"]
     for name, e in sorted(manifest.items()):
         s, f = e.get("score", {}), e.get("evaluation", {})
-        trio = lambda d: " / ".join(format_cell(d.get(k)) for k in ("fd_fmnist", "is_fmnist", "coverage"))
+        trio = lambda d: " / ".join(format_cell(d.get(k)) for k in ("fd_fmnist", "is_fmnist", "coverage")) if d else "–"
+        n = lambda d: f"{d.get('n_eval')} vs {d.get('n_ref')}" if d else "–"
         out.append(
             f"| {name} | {format_cell(e.get('iters'))} | {format_seconds(e.get('train_s'))} | {e.get('commit')} | "
-            f"{trio(f)} | {f.get('n_eval')} vs {f.get('n_ref')} | {trio(s)} | {s.get('n_eval')} vs {s.get('n_ref')} |"
+            f"{trio(f)} | {n(f)} | {trio(s)} | {n(s)} |"
         )
     return out + [""]
 
