@@ -32,6 +32,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'ebm_nb.checkpoints.find_pretrained': ('checkpoints.html#find_pretrained', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.load_checkpoint': ('checkpoints.html#load_checkpoint', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.model_key': ('checkpoints.html#model_key', 'ebm_nb/checkpoints.py'),
+                                    'ebm_nb.checkpoints.model_keys': ('checkpoints.html#model_keys', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.pretrained_dir': ('checkpoints.html#pretrained_dir', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.publish_pretrained': ( 'checkpoints.html#publish_pretrained',
                                                                                'ebm_nb/checkpoints.py'),

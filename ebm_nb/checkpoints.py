@@ -12,7 +12,7 @@ from .core import atomic_path, remove_stale_temps
 
 # %% auto #0
 __all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'cache_dir', 'pretrained_dir', 'sha256_file',
-           'read_manifest', 'find_pretrained', 'code_hash', 'model_key', 'trained', 'publish_pretrained']
+           'read_manifest', 'find_pretrained', 'code_hash', 'model_key', 'model_keys', 'trained', 'publish_pretrained']
 
 # %% ../nbs/00c_checkpoints.ipynb #14c628e6
 def rng_state() -> dict:
@@ -177,6 +177,17 @@ def model_key(
         spec["code"] = code_hash((*modules, method))
     blob = json.dumps(spec, sort_keys=True, default=repr).encode()
     return f"{method}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+# %% ../nbs/00c_checkpoints.ipynb #817f0d34
+def model_keys(
+    method: str,  # as `model_key`
+    cfg,
+    seed: int,
+    data: str,
+    modules=("core", "nets", "sampling", "training", "data"),
+) -> tuple[str, str]:
+    "`(key, spec)` of a trained model: its cache key (with the code) and its committed-model spec (without)."
+    return tuple(model_key(method, cfg, seed, data, modules, code=c) for c in (True, False))
 
 # %% ../nbs/00c_checkpoints.ipynb #f337bcc2
 def trained(

@@ -566,7 +566,7 @@ def _fit_row(
     m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, how: dict
 ):
     "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
-    from ebm_nb.checkpoints import model_key, trained
+    from ebm_nb.checkpoints import model_keys, trained
     from ebm_nb.training import train
 
     def fit(m):
@@ -579,8 +579,8 @@ def _fit_row(
 
     if not how["cache"]:
         return m, fit(m) | {"cached": False}
-    keys = [model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}", code=c) for c in (True, False)]
-    return trained(keys[0], m, fit, how["retrain"], spec=keys[1] if how["pretrained"] else None)
+    key, spec = model_keys("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")
+    return trained(key, m, fit, how["retrain"], spec=spec if how["pretrained"] else None)
 
 # %% ../nbs/12_dual_mcmc.ipynb #1857125f
 def run_row(

@@ -566,7 +566,7 @@ def image_ddpm(
     retrain: bool = False,  # ignore the cache and the committed models
 ) -> DDPM:
     "The pretrained DDPM of the image table: loaded from checkpoint `path`, or trained on `data` (saved to `save_to`)."
-    from ebm_nb.checkpoints import model_key, save_checkpoint, trained
+    from ebm_nb.checkpoints import model_keys, save_checkpoint, trained
 
     check_choice("dataset", dataset, IMAGE_DATASETS)
     shape = (1, 28, 28) if dataset == "fmnist" else (3, 32, 32)
@@ -582,8 +582,8 @@ def image_ddpm(
         "history": train(d, data, d.cfg.iters, d.cfg.batch_size, generator=generator, desc=f"{dataset} ddpm"),
     }
     if cache:
-        keys = [model_key("diffusion", ddpm.cfg, seed, f"{dataset}:train:n={len(data)}", code=c) for c in (True, False)]
-        trained(keys[0], ddpm, fit, retrain, spec=keys[1] if pretrained else None)
+        key, spec = model_keys("diffusion", ddpm.cfg, seed, f"{dataset}:train:n={len(data)}")
+        trained(key, ddpm, fit, retrain, spec=spec if pretrained else None)
     else:
         fit(ddpm)
     if save_to is not None:
@@ -620,7 +620,7 @@ def image_variant(
     retrain: bool = False,  # ignore the cache and the committed models
 ) -> list[dict]:
     "One Table 2 row for one seed: fine-tune the `row['T']`-step sampler of a DDPM with ablation `row['method']`."
-    from ebm_nb.checkpoints import model_key, trained
+    from ebm_nb.checkpoints import model_keys, trained
 
     name, T = check_choice("ablation", row["method"], tuple(IMAGE_ABLATIONS)), check_int("T", row["T"])
     x_train, x_ref = load_images(dataset, "train"), load_images(dataset, "test")[:n_ref]
@@ -635,8 +635,8 @@ def image_variant(
     }
     if scale != "smoke" if cache is None else cache:
         data = f"{dataset}:train:ddpm={state_hash(eps_state)}"
-        keys = [model_key("gcd", cfg, seed, data, modules=_GCD_CODE, code=c) for c in (True, False)]
-        info = trained(keys[0], m, fit, retrain, spec=keys[1] if pretrained else None)[1]
+        key, spec = model_keys("gcd", cfg, seed, data, modules=_GCD_CODE)
+        info = trained(key, m, fit, retrain, spec=spec if pretrained else None)[1]
     else:
         info = fit(m) | {"cached": False}
     feats = image_features(dataset, device)

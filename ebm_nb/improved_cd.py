@@ -643,7 +643,7 @@ def _quality_tracker(m: ImprovedCD, n: int, every: int, curve: list):
 def _train_cached(m: ImprovedCD, seed: int, data: str, x_train, g, log_every: int, desc: str, track: int, how: dict):
     """Train `m`, or load it (`checkpoints.trained`, `how`: cache, pretrained, retrain): {diverged, diverged_at,
     train_s, iters, history, curve, cached}. `track` samples are scored about 8 times over training (0: never)."""
-    from ebm_nb.checkpoints import model_key, trained
+    from ebm_nb.checkpoints import model_keys, trained
 
     def fit_(m):
         curve, every = [], log_every * max(1, round(m.cfg.iters / 8 / log_every))
@@ -653,9 +653,8 @@ def _train_cached(m: ImprovedCD, seed: int, data: str, x_train, g, log_every: in
 
     if not how["cache"]:
         return fit_(m) | {"cached": False}
-    key = model_key("improved_cd", m.cfg, seed, data)
-    spec = model_key("improved_cd", m.cfg, seed, data, code=False) if how["pretrained"] else None
-    return trained(key, m, fit_, how["retrain"], spec=spec, extra={"ema": m.ema})[1]
+    key, spec = model_keys("improved_cd", m.cfg, seed, data)
+    return trained(key, m, fit_, how["retrain"], spec=spec if how["pretrained"] else None, extra={"ema": m.ema})[1]
 
 # %% ../nbs/11_improved_cd.ipynb #5587f8a6
 def _score_samples(m: ImprovedCD, seed: int, n_eval: int, n_ref: int | None) -> tuple[dict, Tensor]:

@@ -34,21 +34,21 @@ def _ddpm(pretrained=True, cache=True):
 
 
 def _ddpm_keys():
-    from ebm_nb.checkpoints import model_key
+    from ebm_nb.checkpoints import model_keys
     from ebm_nb.presets import get_preset
 
     cfg = get_preset("ddpm", "cpu", "fmnist")
-    return [model_key("diffusion", cfg, SEED, "fmnist:train:n=60000", code=c) for c in (True, False)]
+    return list(model_keys("diffusion", cfg, SEED, "fmnist:train:n=60000"))
 
 
 def _dxmi_keys():
-    from ebm_nb.checkpoints import model_key
+    from ebm_nb.checkpoints import model_keys
     from ebm_nb.gcd import _GCD_CODE, state_hash
     from ebm_nb.presets import get_preset
 
     cfg = get_preset("gcd", "cpu", "fmnist", T=10)
     data = f"fmnist:train:ddpm={state_hash(_eps())}"
-    return [model_key("gcd", cfg, SEED, data, modules=_GCD_CODE, code=c) for c in (True, False)]
+    return list(model_keys("gcd", cfg, SEED, data, modules=_GCD_CODE))
 
 
 def _eps():
@@ -74,11 +74,11 @@ def _dual(n_eval, n_ref, pretrained):
 
 
 def _dual_keys():
-    from ebm_nb.checkpoints import model_key
+    from ebm_nb.checkpoints import model_keys
     from ebm_nb.presets import get_preset
 
     cfg = get_preset("dual_mcmc", "cpu", "fmnist")
-    return [model_key("dual_mcmc", cfg, SEED, "fmnist:train:track=0", code=c) for c in (True, False)]
+    return list(model_keys("dual_mcmc", cfg, SEED, "fmnist:train:track=0"))
 
 
 def _icd(n_eval, n_ref, pretrained, track=0):
@@ -90,12 +90,12 @@ def _icd(n_eval, n_ref, pretrained, track=0):
 
 
 def _icd_keys():
-    from ebm_nb.checkpoints import model_key
+    from ebm_nb.checkpoints import model_keys
     from ebm_nb.improved_cd import ablate
     from ebm_nb.presets import get_preset
 
     cfg = ablate(get_preset("improved_cd", "cpu", "fmnist"), "full")
-    return [model_key("improved_cd", cfg, SEED, "fmnist:train:n=None:classes=None", code=c) for c in (True, False)]
+    return list(model_keys("improved_cd", cfg, SEED, "fmnist:train:n=None:classes=None"))
 
 
 def _ddpm_score(n_eval, n_ref, pretrained):
