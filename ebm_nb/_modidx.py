@@ -628,6 +628,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ebm_nb.training._resume': ('training.html#_resume', 'ebm_nb/training.py'),
                                  'ebm_nb.training._save': ('training.html#_save', 'ebm_nb/training.py'),
                                  'ebm_nb.training._sync_buffers': ('training.html#_sync_buffers', 'ebm_nb/training.py'),
+                                 'ebm_nb.training._time_up': ('training.html#_time_up', 'ebm_nb/training.py'),
                                  'ebm_nb.training._to_host': ('training.html#_to_host', 'ebm_nb/training.py'),
                                  'ebm_nb.training._values': ('training.html#_values', 'ebm_nb/training.py'),
                                  'ebm_nb.training.allreduce_grads': ('training.html#allreduce_grads', 'ebm_nb/training.py'),

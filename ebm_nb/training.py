@@ -521,6 +521,20 @@ def _log_row(history: list, pending: list, it: int, bar, callback) -> None:
     if callback is not None and is_main():
         callback(it, history[-1])
 
+# %% ../nbs/06_training.ipynb #155ae634
+def _time_up(t0: float, seconds: float | None) -> bool:
+    "True once `seconds` have passed since `t0` (rank 0's clock decides for every rank under DDP)."
+    if seconds is None:
+        return False
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"seconds must be a positive number of seconds or None (no budget), got {seconds!r}.")
+    up = time.time() - t0 >= seconds
+    if dist_info()[1] > 1:
+        flag = torch.tensor([float(up)], device=_comm_device())
+        dist.broadcast(flag, 0)
+        up = bool(flag.item())
+    return up
+
 # %% ../nbs/06_training.ipynb #e4496395
 def train(
     method,  # a `Method`: step, sample, energy, state_dict, load_state_dict and nets
@@ -537,6 +551,7 @@ def train(
     ema: dict[str, EMA] | None = None,  # EMA copies, updated after every step and saved in checkpoints
     callback: Callable[[int, dict], None] | None = None,  # callback(iteration, row) after each history row
     desc: str = "train",  # the progress bar's label
+    seconds: float | None = None,  # a wall-clock budget: stop at the first history row past it (None: no budget)
 ) -> list[dict]:
     "Train `method` for `iters` steps on random batches of `data`: EMA, guard, logging, checkpoints, resume, DDP."
     ema = _check_train_args(
@@ -550,7 +565,7 @@ def train(
     if ckpt_path is not None and resume and Path(ckpt_path).exists():
         done, history, pending = _resume(ckpt_path, method, generator, ema)
         last = (ckpt_path, done)
-    stream = batches(data, batch_size, generator)
+    stream, t0 = batches(data, batch_size, generator), time.time()
     bar = progress(range(done + 1, iters + 1), total=iters, initial=min(done, iters), desc=desc, disable=not is_main())
     for it in bar:
         logs = _values(method.step(next(stream)), method)
@@ -562,7 +577,8 @@ def train(
             e.update()
         pending.append(logs)
         log_now = it % log_every == 0 or it == iters
-        ckpt_now = ckpt_path is not None and (it == iters or bool(ckpt_every and it % ckpt_every == 0))
+        out_of_time = log_now and _time_up(t0, seconds)
+        ckpt_now = ckpt_path is not None and (it == iters or out_of_time or bool(ckpt_every and it % ckpt_every == 0))
         if log_now or ckpt_now:
             _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
         if log_now:
@@ -572,6 +588,8 @@ def train(
             _check_weights(method, it, last, energy_bound)
             _save(ckpt_path, it, method, generator, ema, history, pending)
             last = (ckpt_path, it)
+        if out_of_time:
+            break
     bar.close()
     if world > 1:
         dist.barrier()
