@@ -551,7 +551,7 @@ def train(
     ema: dict[str, EMA] | None = None,  # EMA copies, updated after every step and saved in checkpoints
     callback: Callable[[int, dict], None] | None = None,  # callback(iteration, row) after each history row
     desc: str = "train",  # the progress bar's label
-    seconds: float | None = None,  # a wall-clock budget: stop at the first history row past it (None: no budget)
+    seconds: float | None = None,  # a wall-clock budget: stop after the step that passes it (None: no budget)
 ) -> list[dict]:
     "Train `method` for `iters` steps on random batches of `data`: EMA, guard, logging, checkpoints, resume, DDP."
     ema = _check_train_args(
@@ -576,8 +576,8 @@ def train(
         for e in ema.values():
             e.update()
         pending.append(logs)
-        log_now = it % log_every == 0 or it == iters
-        out_of_time = log_now and _time_up(t0, seconds)
+        out_of_time = _time_up(t0, seconds)  # checked every iteration: the budget overshoots by one step at most
+        log_now = it % log_every == 0 or it == iters or out_of_time
         ckpt_now = ckpt_path is not None and (it == iters or out_of_time or bool(ckpt_every and it % ckpt_every == 0))
         if log_now or ckpt_now:
             _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
