@@ -309,7 +309,7 @@ def _square(ax, bound):
 
 # %% ../nbs/05_plots.ipynb #a9ca8b5b
 def energy_heatmap(
-    energy_fn: Callable,  # x (M, 2) -> (M,) energies
+    energy_fn: Callable | np.ndarray,  # x (M, 2) -> (M,) energies, or its energies on the grid (`grid_energy`)
     bound: float = TOY_BOUND,  # half-width of the square shown
     n: int = 200,  # grid points per axis
     samples=None,  # points (M, 2) drawn on top, or None
@@ -323,7 +323,7 @@ def energy_heatmap(
 ):
     "Heatmap of exp(-E)/Z (`density`) or E over [-bound, bound]^2, optional samples (M, 2) on top; returns the figure."
     pts = None if samples is None else _points(samples)
-    E = grid_energy(energy_fn, bound, n, device=device)
+    E = grid_energy(energy_fn, bound, n, device=device) if callable(energy_fn) else np.asarray(energy_fn, float)
     img = _density(E, bound) if density else E
     with style():
         own = ax is None
