@@ -300,6 +300,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'ebm_nb.likelihood.log_likelihood_bounds': ( 'likelihood.html#log_likelihood_bounds',
                                                                                 'ebm_nb/likelihood.py'),
                                    'ebm_nb.likelihood.log_z_bounds': ('likelihood.html#log_z_bounds', 'ebm_nb/likelihood.py'),
+                                   'ebm_nb.likelihood.long_run': ('likelihood.html#long_run', 'ebm_nb/likelihood.py'),
                                    'ebm_nb.likelihood.mala_step': ('likelihood.html#mala_step', 'ebm_nb/likelihood.py'),
                                    'ebm_nb.likelihood.sigmoid_schedule': ('likelihood.html#sigmoid_schedule', 'ebm_nb/likelihood.py'),
                                    'ebm_nb.likelihood.weight_stats': ('likelihood.html#weight_stats', 'ebm_nb/likelihood.py')},

@@ -13,7 +13,7 @@ from .core import check_int, check_positive, progress
 
 # %% auto #0
 __all__ = ['GaussianBase', 'UniformBase', 'mala_step', 'sigmoid_schedule', 'ais', 'weight_stats', 'log_z_bounds', 'bits_per_dim',
-           'log_likelihood_bounds', 'chain_diagnostics']
+           'log_likelihood_bounds', 'chain_diagnostics', 'long_run']
 
 # %% ../nbs/16_likelihood.ipynb #c6fa16fe
 @dataclass
@@ -170,7 +170,7 @@ def bits_per_dim(log_lik: float, dims: int, levels: int | None = None) -> float:
     bits = -log_lik / (check_int("dims", dims) * math.log(2))
     return bits + (math.log2(check_int("levels", levels, 2)) if levels is not None else 0.0)
 
-# %% ../nbs/16_likelihood.ipynb #f2b67e70
+# %% ../nbs/16_likelihood.ipynb #2005c81e
 def log_likelihood_bounds(
     energy_fn,  # x (n, ...) -> energies (n,)
     base,  # the tractable base
@@ -204,3 +204,26 @@ def chain_diagnostics(
         raise ValueError(f"traces must be shaped (chains >= 2, draws >= 4), got {a.shape}.")
     out = {"ess_bulk": az.ess(a, method="bulk"), "ess_tail": az.ess(a, method="tail")}
     return {k: float(v) for k, v in (out | {"rhat": az.rhat(a, method="rank")}).items()}
+
+# %% ../nbs/16_likelihood.ipynb #82b848cc
+def long_run(
+    run,  # run(x0, steps, callback, every) -> x: the method's chain with the one callback signature
+    x0: Tensor,  # the starts (the method's own: noise, its buffer, its generator)
+    steps: int,  # chain steps in all
+    every: int = 1,  # keep every chain's energy every `every` steps
+    score=None,  # score(x) -> dict of numbers, at the steps of `score_at`
+    score_at=(),  # steps (multiples of `every`, or `steps`) where the states are scored
+) -> dict:
+    "The end states, the energies (chains, draws), the scores along the run and ArviZ ESS / R-hat of the second half."
+    check_int("steps", steps)
+    check_int("every", every)
+    energies, scores = [], []
+
+    def callback(i, x, e):
+        energies.append(e.detach().double().cpu())
+        if score is not None and i in score_at:
+            scores.append({"step": i} | score(x.detach()))
+
+    x = run(x0, steps, callback, every)
+    e = torch.stack(energies, 1)
+    return {"x": x, "energies": e, "scores": scores} | chain_diagnostics(e[:, e.shape[1] // 2 :])
