@@ -4,15 +4,15 @@
 
 # %% ../nbs/07_run.ipynb #747e69c0
 from __future__ import annotations
-import argparse, ast, os, re, sys, time
+import argparse, ast, json, os, re, sys, time
 from pathlib import Path
 from .core import DEVICES, SCALES, atomic_write_text, check_choice, check_int, quiet, repo_root
 from .results import markdown_table
 
 # %% auto #0
 __all__ = ['COUNTS', 'COUNTS_OR_NONE', 'papers_dir', 'list_papers', 'find_notebooks', 'notebook_parameters',
-           'check_run_parameters', 'NotebookFailed', 'run_notebook', 'publish_executed', 'last_wall_times',
-           'list_notebooks', 'main']
+           'check_run_parameters', 'NotebookFailed', 'run_notebook', 'final_streams', 'publish_executed',
+           'last_wall_times', 'list_notebooks', 'main']
 
 # %% ../nbs/07_run.ipynb #aabf3649
 def papers_dir() -> Path:
@@ -132,6 +132,33 @@ def run_notebook(
         "executed": str(out),
     }
 
+# %% ../nbs/07_run.ipynb #0fbca1f0
+def _label(out: dict) -> str | None:
+    "A progress update's bar label ('train:' of 'train:  5%|...'), None for other outputs or finished lines."
+    t = out.get("text", "") if out.get("output_type") == "stream" else ""
+    return None if not t or t.endswith("\n") or ":" not in t[:60] else t.split(":", 1)[0]
+
+
+def final_streams(text: str) -> str:
+    "A notebook's JSON with each progress bar at its last state: `\\r` rewrites and superseded updates dropped."
+    try:
+        nb = json.loads(text)
+    except json.JSONDecodeError:
+        nb = None
+    if not isinstance(nb, dict) or "cells" not in nb:
+        return text  # not a notebook: unchanged
+    for cell in nb["cells"]:
+        outs = cell.get("outputs", [])
+        for out in outs:
+            if out.get("output_type") == "stream":
+                s = "".join(out["text"]) if isinstance(out["text"], list) else out["text"]
+                out["text"] = "\n".join(line.rsplit("\r", 1)[-1] for line in s.split("\n"))
+        later = [_label(o) for o in outs]
+        keep = [o for i, o in enumerate(outs) if later[i] is None or later[i] not in later[i + 1 :]]
+        if outs:
+            cell["outputs"] = keep
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
 # %% ../nbs/07_run.ipynb #dd71c8f5
 def publish_executed(
     executed,  # the notebook papermill wrote
@@ -139,9 +166,9 @@ def publish_executed(
     name: str,  # the file name to give it, e.g. 'ablation.ipynb'
     papers=None,  # the folder of the paper folders, when it is not the repository's nbs/papers
 ) -> Path:
-    "Copy an executed notebook beside its results, with this machine's absolute paths replaced; return the copy."
+    "Copy an executed notebook beside its results: progress bars at their last state, this machine's paths replaced."
     executed, dest = Path(executed), Path(dest_dir) / name
-    text = executed.read_text()
+    text = final_streams(executed.read_text())
     swaps = [(executed.parent.resolve(), "<runs>"), (Path(papers or papers_dir()).resolve(), "<papers>")]
     if not dest.parent.resolve().is_relative_to(repo_root().resolve()):  # an out_dir outside the repository
         swaps.append((dest.parent.resolve(), "<out_dir>"))
