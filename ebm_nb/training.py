@@ -326,7 +326,7 @@ def _check_ema(ema) -> dict:
 
 # %% ../nbs/06_training.ipynb #87d6a84a
 def _check_train_args(
-    method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback
+    method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback, seconds=None
 ) -> dict:
     "Check every argument of `train` before any work; return `ema` as a dict."
     check_method(method)
@@ -347,6 +347,8 @@ def _check_train_args(
             )
     if energy_bound is not None and not (isinstance(energy_bound, (int, float)) and energy_bound > 0):
         raise ValueError(f"energy_bound must be a positive number or None (no bound), got {energy_bound!r}.")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0):
+        raise ValueError(f"seconds must be a positive number of seconds or None (no budget), got {seconds!r}.")
     ema = _check_ema(ema)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(iteration, row), got {callback!r}.")
@@ -526,8 +528,6 @@ def _time_up(t0: float, seconds: float | None) -> bool:
     "True once `seconds` have passed since `t0` (rank 0's clock decides for every rank under DDP)."
     if seconds is None:
         return False
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-        raise ValueError(f"seconds must be a positive number of seconds or None (no budget), got {seconds!r}.")
     up = time.time() - t0 >= seconds
     if dist_info()[1] > 1:
         flag = torch.tensor([float(up)], device=_comm_device())
@@ -555,7 +555,7 @@ def train(
 ) -> list[dict]:
     "Train `method` for `iters` steps on random batches of `data`: EMA, guard, logging, checkpoints, resume, DDP."
     ema = _check_train_args(
-        method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback
+        method, data, iters, batch_size, ckpt_path, ckpt_every, log_every, energy_bound, ema, callback, seconds
     )
     world = dist_info()[1]
     generator = _ddp_start(method, generator, ema)
