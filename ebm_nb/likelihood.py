@@ -115,14 +115,16 @@ def ais(
     box = box if box is not None else getattr(base, "box", None)
     betas = [float(b) for b in betas]
     log_w = torch.zeros(len(x), dtype=torch.float64, device=x.device)
-    u = lambda x: -energy_fn(x) - base.log_prob(x)  # log of e^{-E} / p_0
     accepts = []
     for k in progress(range(1, len(betas)), desc=desc, disable=desc is None, leave=False):
         b0, b1 = betas[k - 1], betas[k]
-        with torch.no_grad():
-            log_w += (b1 - b0) * u(x).double()
+        x = x.detach().requires_grad_(True)
+        e, p0 = energy_fn(x), base.log_prob(x)  # one evaluation for the weight and the new temperature's log_p
+        log_w += (b1 - b0) * (-e - p0).detach().double()  # log of e^{-E} / p_0
+        lp = (1 - b1) * p0 - b1 * e
+        (g,) = torch.autograd.grad(lp.sum(), x)
+        x, lp = x.detach(), lp.detach()
         log_p = lambda x, b=b1: (1 - b) * base.log_prob(x) - b * energy_fn(x)
-        lp, g = _log_p_grad(log_p, x)
         for _ in range(mcmc_steps):
             x, lp, g, ok = mala_step(log_p, x, lp, g, step_size, generator, box)
             rate = ok.float().mean().item()
