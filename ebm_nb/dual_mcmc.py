@@ -13,17 +13,18 @@ from torch.nn.utils import parametrize
 from .core import SCALES, check_choice, check_int, check_positive, pick_device
 from .presets import EvalSizes, get_preset, register_preset
 from .nets import ConvEncoder, ConvEnergy, ConvGenerator, ResEncoder, ResEnergy, ResGenerator
+from .nets import MLPEncoder, MLPEnergy, MLPGenerator
 from .nets import check_image_match, check_latent_match
 from .sampling import from_encoder, from_generator, from_noise, langevin, latent_energy
 
 # %% auto #0
-__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'SHORT_RUN_STEPS', 'SHORT_RUN_ITERS', 'DUAL_MCMC_PRESETS', 'DUAL_MCMC_EVAL',
-           'X_CHAIN_LENGTHS', 'DATASETS', 'METRIC', 'DualMCMCConfig', 'dual_mcmc_nets', 'check_nets', 'gaussian_nll',
-           'DualMCMC', 'DualMCMCEval', 'dual_mcmc_data', 'feature_fn', 'reconstruction_mse', 'run_row', 'step_seconds',
-           'paper_setup']
+__all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'SHORT_RUN_STEPS', 'SHORT_RUN_ITERS', 'DUAL_MCMC_PRESETS',
+           'DUAL_MCMC_TOY2D', 'DUAL_MCMC_EVAL', 'X_CHAIN_LENGTHS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
+           'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'DualMCMCEval', 'dual_mcmc_data', 'feature_fn',
+           'reconstruction_mse', 'run_row', 'step_seconds', 'paper_setup']
 
 # %% ../nbs/12_dual_mcmc.ipynb #6e67ec80
-ARCHS, X_INITS, Z_INITS = ("resnet", "conv"), ("generator", "noise"), ("encoder", "noise", "none")
+ARCHS, X_INITS, Z_INITS = ("resnet", "conv", "mlp"), ("generator", "noise"), ("encoder", "noise", "none")
 
 
 def _check_config(c) -> None:
@@ -61,7 +62,7 @@ def _check_config(c) -> None:
 class DualMCMCConfig:
     "Hyperparameters of Dual-MCMC teaching and its baselines; the defaults are the official CIFAR-10 run."
 
-    arch: str = "resnet"  # "resnet": the paper's nets (32 / 64 px); "conv": small nets (8, 16, 28, 32 px)
+    arch: str = "resnet"  # "resnet": the paper's nets (32 / 64 px); "conv": small nets (8-32 px); "mlp": vectors
     z_dim: int = 128
     width_e: int = 512  # ndf
     width_g: int = 512  # ngf
@@ -121,7 +122,17 @@ def dual_mcmc_nets(
     cfg: DualMCMCConfig,  # the variant: its `nets`, `arch`, widths and `z_dim`
     shape: tuple,  # the images' (C, H, W)
 ) -> dict[str, nn.Module]:
-    "The nets of `cfg`'s variant for images of `shape` (C, H, W)."
+    "The nets of `cfg`'s variant for images of `shape` (C, H, W), or (with `arch='mlp'`) vectors of `shape` (D,)."
+    if cfg.arch == "mlp":
+        if len(shape) != 1:
+            raise ValueError(f"arch='mlp' takes vectors of shape (D,), got {tuple(shape)}; use 'conv' for images.")
+        d = shape[0]
+        make = {
+            "energy": lambda: MLPEnergy(d, cfg.width_e),
+            "generator": lambda: MLPGenerator(cfg.z_dim, d, cfg.width_g),
+            "encoder": lambda: MLPEncoder(d, cfg.z_dim, cfg.width_i),
+        }
+        return {k: make[k]() for k in cfg.nets}
     c, s = _image_shape(shape)
     if cfg.arch == "resnet":
         make = {
@@ -146,7 +157,9 @@ def check_nets(
     "`nets` if it holds exactly `cfg.nets` and they fit together and the images of `shape`; else one clear error."
     if set(nets) != set(cfg.nets):
         raise ValueError(f"This variant trains the nets {list(cfg.nets)}, got {sorted(nets)}.")
-    check_image_match(nets["energy"], shape, "energy")
+    images = len(shape) == 3
+    if images:
+        check_image_match(nets["energy"], shape, "energy")
     if "generator" in nets:
         g = nets["generator"]
         if getattr(g, "z_dim", cfg.z_dim) != cfg.z_dim:
@@ -162,7 +175,8 @@ def check_nets(
             raise ValueError(f"The generator makes images of shape {out}, but the data are {tuple(shape)}.")
     if "encoder" in nets:
         check_latent_match(nets["generator"], nets["encoder"])
-        check_image_match(nets["encoder"], shape, "encoder")
+        if images:
+            check_image_match(nets["encoder"], shape, "encoder")
     return nets
 
 # %% ../nbs/12_dual_mcmc.ipynb #b782a97b
@@ -177,7 +191,7 @@ def _sse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/12_dual_mcmc.ipynb #c68b3696
 class DualMCMC:
-    "Dual-MCMC teaching (and its baselines, by `cfg.x_init` / `cfg.z_init`) on images of `shape` in [0, 1]."
+    "Dual-MCMC teaching (and its baselines, by `cfg.x_init` / `cfg.z_init`) on images of `shape` in [0, 1], or vectors."
 
     def __init__(
         self,
@@ -201,16 +215,24 @@ class DualMCMC:
         opts = [o for o in (self.opt_e, self.opt_g, self.opt_i) if o is not None]
         self.scheds = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.lr_decay) for o in opts]
         self.steps = 0
+        self.images = len(self.shape) == 3
+        self.box = (-1.0, 1.0) if self.images else (-4.0, 4.0)  # the short-run EBM's noise: pixels, or the toys' box
 
-    # the nets in the method's [-1, 1] pixel coordinates (the nets themselves take and give [0, 1])
+    # images: chains run in [-1, 1] pixels, the nets take and give [0, 1]; vectors: one coordinate system
+    def to_chain(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x - 1 if self.images else x
+
+    def from_chain(self, y: torch.Tensor) -> torch.Tensor:
+        return (y + 1) / 2 if self.images else y
+
     def E(self, y: torch.Tensor) -> torch.Tensor:
-        return self.nets["energy"]((y + 1) / 2)
+        return self.nets["energy"](self.from_chain(y))
 
     def G(self, z: torch.Tensor) -> torch.Tensor:
-        return 2 * self.nets["generator"](z) - 1
+        return self.to_chain(self.nets["generator"](z))
 
     def Q(self, y: torch.Tensor):
-        return self.nets["encoder"]((y + 1) / 2)
+        return self.nets["encoder"](self.from_chain(y))
 
     def _randn(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, generator=self.gen).to(self.device)
@@ -284,7 +306,7 @@ def _teach(self: DualMCMC, y: torch.Tensor, logs: dict) -> torch.Tensor:
 @patch
 def step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     "One iteration G -> I -> E; the logged values are detached 0-dim tensors on the device."
-    c, y = self.cfg, 2 * batch.to(self.device) - 1
+    c, y = self.cfg, self.to_chain(batch.to(self.device))
     logs = {}
     # E's spectral norms once per step, for both chains and the loss
     with parametrize.cached() if c.cache_sn else contextlib.nullcontext():
@@ -292,7 +314,7 @@ def step(self: DualMCMC, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if "generator" in self.nets:
             x_neg = self._teach(y, logs)
         else:
-            x_neg = self.x_chain(from_noise(len(y), self.shape, -1.0, 1.0, generator=self.gen, device=self.device))
+            x_neg = self.x_chain(from_noise(len(y), self.shape, *self.box, generator=self.gen, device=self.device))
         e_neg = self.E(x_neg)
         gap = e_pos.mean() - e_neg.mean()
         loss_e = gap / c.T
@@ -323,7 +345,7 @@ def sample(
     callback=None,  # to `langevin`
     every: int = 1,  # to `langevin`
 ) -> torch.Tensor:
-    "`n` samples in [0, 1] on the CPU: the test-time x-chain from G(z) (or from noise for the short-run EBM)."
+    "`n` samples (images in [0, 1]) on the CPU: the test-time x-chain from G(z) (or from noise for the short-run EBM)."
     c = self.cfg
     check_int("n", n)
     steps = c.sample_steps if steps is None else check_int("steps", steps, 0)
@@ -334,11 +356,11 @@ def sample(
             y0 = (
                 from_generator(self.G, self._randn(k))
                 if "generator" in self.nets
-                else from_noise(k, self.shape, -1.0, 1.0, generator=self.gen, device=self.device)
+                else from_noise(k, self.shape, *self.box, generator=self.gen, device=self.device)
             )
             s = c.sample_step if step is None else step
             y = self.x_chain(y0, steps, s, callback=callback, every=every) if revise and steps else y0
-            out.append(((y + 1) / 2).clamp(0, 1).cpu())
+            out.append((self.from_chain(y).clamp(0, 1) if self.images else y).cpu())
     return torch.cat(out)
 
 # %% ../nbs/12_dual_mcmc.ipynb #8b2f6d92
@@ -363,7 +385,7 @@ def reconstruct(
     steps = self.cfg.z_steps if steps is None else check_int("steps", steps, 0)
     out, chunk = [], check_int("chunk", chunk or self.cfg.batch_size)
     for i in range(0, len(x), chunk):
-        y = 2 * x[i : i + chunk].to(self.device) - 1
+        y = self.to_chain(x[i : i + chunk].to(self.device))
         with torch.no_grad():
             if init == "noise":
                 z0 = self._randn(len(y))
@@ -373,7 +395,7 @@ def reconstruct(
                 z0 = from_encoder(self.Q, y, self.gen)
         z = self.z_chain(y, z0, steps, callback=callback, every=every) if steps else z0
         with torch.no_grad():
-            out.append(((self.G(z) + 1) / 2).clamp(0, 1).cpu())
+            out.append((self.from_chain(self.G(z)).clamp(0, 1) if self.images else self.G(z)).cpu())
     return torch.cat(out)
 
 # %% ../nbs/12_dual_mcmc.ipynb #9fcb06ba
@@ -450,6 +472,21 @@ for (_scale, _ds), _cfg in DUAL_MCMC_PRESETS.items():
             _kw = _kw | dict(x_steps=SHORT_RUN_STEPS, sample_steps=SHORT_RUN_STEPS)
             _kw |= {"iters": SHORT_RUN_ITERS[_scale]} if _scale in SHORT_RUN_ITERS else {}
         register_preset(_name, _scale, _ds, dataclasses.replace(_cfg, **_kw))
+
+# %% ../nbs/12_dual_mcmc.ipynb #e37c146f
+def _toy(iters: int, batch_size: int = 256, **kw) -> DualMCMCConfig:
+    "Dual-MCMC on 2D points: MLP nets, chains in data coordinates at T = 1."
+    nets = dict(arch="mlp", z_dim=4, width_e=128, width_g=128, width_i=128)
+    chains = dict(x_steps=20, x_step=0.05, x_noise=0.05, sample_steps=20, sample_step=0.05, sigma=0.1)
+    opt = dict(lr_e=1e-3, lr_g=1e-3, lr_i=1e-3, betas=(0.0, 0.999), wd_g=0.0, wd_i=0.0, lr_decay=1.0)
+    run = dict(iters=iters, batch_size=batch_size, iters_per_epoch=200)
+    return DualMCMCConfig(**(nets | chains | opt | run | kw))
+
+
+DUAL_MCMC_TOY2D = {"smoke": _toy(10, 64, x_steps=5, sample_steps=5), "quick": _toy(1500)}
+DUAL_MCMC_TOY2D |= {"gpu": _toy(10_000), "paper": _toy(10_000)}
+for _scale, _cfg in DUAL_MCMC_TOY2D.items():
+    register_preset("dual_mcmc", _scale, "toy2d", _cfg)
 
 # %% ../nbs/12_dual_mcmc.ipynb #cd2e08ff
 @dataclass

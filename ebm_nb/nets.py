@@ -13,9 +13,10 @@ from fastcore.basics import patch
 from .core import check_choice, check_int
 
 # %% auto #0
-__all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'RES_SIZES', 'n_params', 'MLPEnergy', 'ConvEnergy', 'ConvGenerator',
-           'ConvEncoder', 'Standardize', 'WSConv2d', 'SelfAttention', 'ICDResBlock', 'MultiScaleEnergy', 'icd_energy',
-           'dual_mcmc_init', 'ResEnergy', 'ResGenerator', 'ResEncoder', 'check_latent_match', 'check_image_match']
+__all__ = ['ACTS', 'IMAGE_SIZES', 'ICD_LAYOUTS', 'ICD_NETS', 'RES_SIZES', 'n_params', 'mlp', 'MLPEnergy', 'MLPGenerator',
+           'MLPEncoder', 'ConvEnergy', 'ConvGenerator', 'ConvEncoder', 'Standardize', 'WSConv2d', 'SelfAttention',
+           'ICDResBlock', 'MultiScaleEnergy', 'icd_energy', 'dual_mcmc_init', 'ResEnergy', 'ResGenerator', 'ResEncoder',
+           'check_latent_match', 'check_image_match']
 
 # %% ../nbs/02_nets.ipynb #d8042ef4
 ACTS = {"swish": nn.SiLU, "elu": nn.ELU, "relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2)}
@@ -40,6 +41,23 @@ def _check_input(net: str, name: str, x: torch.Tensor, trailing: tuple[int, ...]
             "add the missing batch or channel dimension, or build the net for this shape."
         )
 
+# %% ../nbs/02_nets.ipynb #c67d02d5
+def mlp(
+    d_in: int,  # input features
+    d_out: int,  # output features
+    hidden: int = 128,  # width of each hidden layer
+    depth: int = 3,  # hidden layers
+    act: str = "swish",  # a key of ACTS
+    spectral_norm: bool = False,  # spectral normalisation on every linear layer
+) -> nn.Sequential:
+    "`depth` linear layers of width `hidden`, each followed by `act`, then a linear head to `d_out`."
+    check_choice("act", act, tuple(ACTS))
+    layers, d = [], d_in
+    for _ in range(check_int("depth", depth, 0)):
+        layers += [_sn(nn.Linear(d, check_int("hidden", hidden)), spectral_norm), ACTS[act]()]
+        d = hidden
+    return nn.Sequential(*layers, _sn(nn.Linear(d, d_out), spectral_norm))
+
 # %% ../nbs/02_nets.ipynb #5b5bff15
 class MLPEnergy(nn.Module):
     "MLP energy: (N, dim) -> (N,)."
@@ -52,11 +70,7 @@ class MLPEnergy(nn.Module):
         check_int("hidden", hidden)
         check_int("depth", depth)
         check_choice("act", act, tuple(ACTS))
-        layers, d = [], dim
-        for _ in range(depth):
-            layers += [_sn(nn.Linear(d, hidden), spectral_norm), ACTS[act]()]
-            d = hidden
-        self.net = nn.Sequential(*layers, _sn(nn.Linear(d, 1), spectral_norm))
+        self.net = mlp(dim, 1, hidden, depth, act, spectral_norm)
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +80,33 @@ class MLPEnergy(nn.Module):
                 f"features per sample), got {tuple(x.shape)}; flatten or pick dim to match."
             )
         return self.net(x.flatten(1)).squeeze(-1)
+
+# %% ../nbs/02_nets.ipynb #53948095
+class MLPGenerator(nn.Module):
+    "Generator on vectors: z (N, z_dim) -> (N, dim), unbounded."
+
+    def __init__(self, z_dim: int = 4, dim: int = 2, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        self.z_dim, self.dim = check_int("z_dim", z_dim), check_int("dim", dim)
+        self.net = mlp(z_dim, dim, hidden, depth)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _check_input(f"MLPGenerator(z_dim={self.z_dim})", "z", z, (self.z_dim,))
+        return self.net(z)
+
+
+class MLPEncoder(nn.Module):
+    "Gaussian encoder on vectors: (N, dim) -> (mu, logvar), each (N, z_dim)."
+
+    def __init__(self, dim: int = 2, z_dim: int = 4, hidden: int = 128, depth: int = 3):
+        super().__init__()
+        self.z_dim, self.dim = check_int("z_dim", z_dim), check_int("dim", dim)
+        self.net = mlp(dim, 2 * z_dim, hidden, depth)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(f"MLPEncoder(dim={self.dim})", "x", x, (self.dim,))
+        mu, logvar = self.net(x).chunk(2, dim=1)
+        return mu, logvar
 
 # %% ../nbs/02_nets.ipynb #541f04e0
 def _trunk(in_ch: int, size: int, width: int, act: str, spectral_norm: bool) -> tuple[nn.Sequential, int, int]:

@@ -66,7 +66,7 @@ def make(cfg=CFG, seed=0, **kw):
         (dict(lr_decay=0.0), r"lr_decay must be in \(0, 1\]"),
         (dict(x_steps=0), "x_steps must be a positive integer, got 0"),
         (dict(x_init="noise"), "use z_init='none', got z_init='encoder'"),
-        (dict(arch="mlp"), "Unknown arch 'mlp'; valid values are: resnet, conv"),
+        (dict(arch="vit"), "Unknown arch 'vit'; valid values are: resnet, conv, mlp"),
     ],
 )
 def test_bad_config_fails_with_one_sentence(kwargs, match):
