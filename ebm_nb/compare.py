@@ -5,6 +5,7 @@
 # %% ../nbs/17_compare.ipynb #92634fc0
 from __future__ import annotations
 import time
+import numpy as np
 import torch
 from .core import check_choice, check_int, check_positive, seed_everything
 from .data import MIXTURE_TOYS, sample_toy, toy_mixture
@@ -14,7 +15,9 @@ from .presets import get_preset
 from .training import train
 
 # %% auto #0
-__all__ = ['TOY_METHODS', 'toy_model', 'toy_sampler', 'toy_energy', 'modes_covered', 'toy_run']
+__all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'toy_energy', 'modes_covered',
+           'toy_run', 'image_model', 'image_sampler', 'image_energy', 'image_chain', 'image_run', 'budget_checks',
+           'reading']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -111,3 +114,247 @@ def toy_run(
         out |= {"wells": mode_wells(energy, toy)["wells"]} if energy is not None else {}
     grid = None if energy is None else grid_energy(energy, n=100)  # for the figure: plain numbers cross processes
     return out | {"_samples": samples, "_energy_grid": grid, "_history": hist}
+
+# %% ../nbs/17_compare.ipynb #ec3b2ff6
+IMAGE_METHODS = ("short-run EBM", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
+FMNIST_SHAPE = (1, 28, 28)
+
+
+def image_model(
+    method: str,  # one of IMAGE_METHODS
+    scale: str,  # the presets' scale
+    seed: int,  # seeds the model's chains and sampler
+    device="cpu",
+    ddpm=None,  # DxMI: the pretrained `DDPM` whose sampler it fine-tunes
+) -> tuple:
+    "A fresh `method` on Fashion-MNIST: (model, its EMA copies for `train`, batch size, energy bound of its guard)."
+    check_choice("method", method, IMAGE_METHODS)
+    g = torch.Generator().manual_seed(seed + 1)
+    if method in ("persistent CD", "improved CD"):
+        from ebm_nb.improved_cd import ImprovedCD, ablate
+
+        cfg = ablate(get_preset("improved_cd", scale, "fmnist"), "full" if method == "improved CD" else "baseline_cd")
+        m = ImprovedCD(cfg, FMNIST_SHAPE, device=device, generator=g)
+        return m, {"ema_energy": m.ema}, cfg.batch_size, cfg.energy_bound
+    if method in ("short-run EBM", "Dual-MCMC"):
+        from ebm_nb.dual_mcmc import DualMCMC
+
+        cfg = get_preset("dual_mcmc" if method == "Dual-MCMC" else "dual_mcmc_short_run", scale, "fmnist")
+        return DualMCMC(cfg, FMNIST_SHAPE, device=device, generator=g), None, cfg.batch_size, 1e4
+    from ebm_nb.diffusion import DDPM, ddpm_sampler
+
+    if method == "DDPM":
+        d = DDPM(get_preset("ddpm", scale, "fmnist"), FMNIST_SHAPE, device, g)
+        return d, None, d.cfg.batch_size, None
+    from ebm_nb.gcd import GCD
+
+    if ddpm is None:
+        raise ValueError("DxMI fine-tunes a DDPM's sampler: pass ddpm=, a DDPM trained on Fashion-MNIST.")
+    cfg = get_preset("gcd", scale, "fmnist")
+    m = GCD(cfg, FMNIST_SHAPE, sampler=ddpm_sampler(ddpm.net, FMNIST_SHAPE, cfg.T), device=device, generator=g)
+    return m, None, cfg.batch_size, 1e4
+
+# %% ../nbs/17_compare.ipynb #a9dffcb2
+def image_sampler(m, method: str):
+    "`n -> n` images in [0, 1] (CPU) by the method's own sampler; the DDPM with 100 respaced steps."
+    if method == "DDPM":
+        return lambda n: m.sample(n, steps=100)
+    return lambda n: m.sample(n)
+
+
+def image_energy(m, method: str):
+    "Images in [0, 1] -> the energy whose exp(-E) is the density the method's loss fits; None for the DDPM."
+    if method == "DDPM":
+        return None
+    if method in ("persistent CD", "improved CD"):
+        return lambda x: m.energy(x, ema=True)
+    if method in ("short-run EBM", "Dual-MCMC"):
+        return lambda x: m.energy(x) / m.cfg.T
+    return m.energy
+
+# %% ../nbs/17_compare.ipynb #e0a9415f
+def image_chain(m, method: str, n: int):
+    "`(x0, run, to_images)` of the method's chain from `n` training starts, for `likelihood.long_run`; else None."
+    if method in ("DxMI", "DDPM"):
+        return None
+    if method in ("persistent CD", "improved CD"):
+        run = lambda x, steps, cb, every: m.chain(m.ema.module, x, steps, m.gen, callback=cb, every=every)
+        return m.buffer.draw(n, m.gen), run, lambda x: x.cpu()
+    from torch.nn.utils import parametrize
+    from ebm_nb.sampling import from_noise
+
+    def run(y, steps, cb, every):
+        with parametrize.cached():
+            return m.x_chain(y, steps, callback=cb, every=every)
+
+    with torch.no_grad():
+        gen = "generator" in m.nets
+        y0 = m.G(m._randn(n)) if gen else from_noise(n, m.shape, *m.box, generator=m.gen, device=m.device)
+    return y0, run, lambda y: m.from_chain(y).clamp(0, 1).cpu()
+
+# %% ../nbs/17_compare.ipynb #78225c3b
+def _track_fd(sample_fn, n: int, seconds: float, feats, ref, curve: list, points: int = 6):
+    "A `train` callback: FD-FMNIST of `n` samples each time training passes another 1/`points` of `seconds`."
+    from ebm_nb.metrics import image_eval
+
+    state = {"t0": time.time(), "spent": 0.0, "next": 0}
+
+    def track(it, _row):
+        t = time.time() - state["t0"] - state["spent"]  # training seconds: this callback's own time excluded
+        if n and t >= seconds * state["next"] / points:
+            t1 = time.time()
+            s = image_eval(sample_fn, n, ref, feats, "fd_fmnist", chunk=n)
+            curve.append({"iter": it, "train_s": round(t, 2), "fd_fmnist": s["fd_fmnist"]})
+            state["next"] += 1
+            state["spent"] += time.time() - t1
+
+    return track
+
+# %% ../nbs/17_compare.ipynb #193a35bc
+def _long_run_scores(m, method: str, n: int, factor: int, feats, ref) -> dict:
+    "FD / IS / coverage along a chain `factor` times the training chain, from `n` training starts; ESS and R-hat."
+    from ebm_nb.likelihood import long_run
+    from ebm_nb.metrics import image_eval
+
+    chain = image_chain(m, method, n) if n and factor else None
+    if chain is None:
+        return {}
+    x0, run, to_images = chain
+    k = m.cfg.steps if hasattr(m.cfg, "steps") else m.cfg.x_steps
+    at = [k * f for f in (1, 2, 5, 10, 20, 50) if f <= factor]
+    keys = ("fd_fmnist", "is_fmnist", "coverage")
+    score = lambda x: {c: image_eval(lambda j: to_images(x), n, ref, feats, "fd_fmnist", chunk=n)[c] for c in keys}
+    r = long_run(run, x0, k * factor, every=1, score=score, score_at=at)
+    return {"long_run": r["scores"], "train_chain": k} | {c: r[c] for c in ("ess_bulk", "ess_tail", "rhat")}
+
+# %% ../nbs/17_compare.ipynb #ad6cab01
+def image_run(
+    row: dict,  # a protocol row: "method", "seconds" (the wall-clock training budget), optional "pretrain" (DxMI)
+    seed: int,  # the training seed
+    *,
+    device="cpu",
+    scale: str = "cpu",  # the presets' scale (nets, batch sizes, chains)
+    n_eval: int = 2000,  # samples scored at the end
+    n_track: int = 500,  # samples scored at six points of training (0: none)
+    ood_n: int = 1000,  # images per set for the OOD AUROC (0: none)
+    ais_n: int = 100,  # AIS chains each way, and test images whose likelihood is bounded (0: none)
+    ais_temps: int = 1000,  # AIS temperatures
+    long_n: int = 256,  # chains of the long run (0: none)
+    long_factor: int = 20,  # the long run's length in training chains
+    max_iters: int = 10**7,  # a cap on iterations, should the budget outlast it
+) -> dict:
+    "Train `row['method']` on Fashion-MNIST for `row['seconds']`; iterations, seconds per iteration, every score."
+    from ebm_nb.data import load_fashion_mnist, to_float
+    from ebm_nb.likelihood import UniformBase, log_likelihood_bounds
+    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier, ood_aurocs
+
+    method, seconds = row["method"], check_positive("seconds", row["seconds"])
+    g = seed_everything(seed)
+    x_train, x_test = (to_float(load_fashion_mnist(s)[0]) for s in ("train", "test"))
+    feats = load_fmnist_classifier(device).features
+    ref = feature_stats(feats, x_test)
+    out, ddpm = {}, None
+    if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
+        frac = row.get("pretrain", 0.5)
+        ddpm, _, bs, _ = image_model("DDPM", scale, seed, device)
+        h = train(ddpm, x_train, max_iters, bs, generator=g, seconds=frac * seconds, desc="DxMI's DDPM")
+        out["pretrain_iters"], seconds = h[-1]["iter"], seconds * (1 - frac)
+    m, ema, bs, bound = image_model(method, scale, seed, device, ddpm)
+    sample, curve = image_sampler(m, method), []
+    track = _track_fd(sample, n_track, seconds, feats, ref, curve)
+    hist = train(
+        m,
+        x_train,
+        max_iters,
+        bs,
+        generator=g,
+        ema=ema,
+        energy_bound=bound,
+        seconds=seconds,
+        callback=track,
+        desc=method,
+    )
+    iters = hist[-1]["iter"]
+    out |= {"iters": iters, "budget_s": row["seconds"], "s_per_iter": seconds / iters, "_curve": curve}
+    shown = []
+    keep = lambda i, x: shown.append(x[:64]) if i == 0 else None
+    out |= image_eval(sample, n_eval, ref, feats, "fd_fmnist", chunk_fn=keep)
+    energy = image_energy(m, method)
+    if energy is not None and ood_n:
+        out |= ood_aurocs(energy, x_test, ood_n, torch.Generator().manual_seed(seed + 3))[0]
+    if energy is not None and ais_n:
+        gen = torch.Generator().manual_seed(seed + 4)
+        x_ais = x_test[torch.randperm(len(x_test), generator=gen)[:ais_n]]
+        base = UniformBase(FMNIST_SHAPE)
+        out |= log_likelihood_bounds(energy, base, x_ais, temps=ais_temps, levels=256, generator=gen)
+        ess = min(out["lower_ess"], out["upper_ess"])
+        out["ais_ok"] = out["lower"] <= out["upper"] and ess >= 0.1 * ais_n  # else the bounds mean nothing
+    out |= _long_run_scores(m, method, long_n, long_factor, feats, ref)
+    return out | {"_samples": shown[0], "_history": hist}
+
+# %% ../nbs/17_compare.ipynb #10d3651e
+NO_PAPER = "no paper number (our comparison)"
+
+
+def _mean_spread(rows: list, method: str, seconds: float, key: str) -> tuple:
+    "Mean of a method's `key` over its rows at one budget, and the mean of their spreads across seeds."
+    rs = [r for r in rows if r["method"] == method and r["seconds"] == seconds and r.get(key) is not None]
+    if not rs:
+        return None, None
+    spread = [r[f"{key}_seed_std"] for r in rs if r.get(f"{key}_seed_std") is not None]
+    return float(np.mean([r[key] for r in rs])), (float(np.mean(spread)) if spread else None)
+
+# %% ../nbs/17_compare.ipynb #a41971d9
+def budget_checks(
+    rows: list,  # seed_summary rows: "method", "seconds", the metrics and their "<key>_seed_std"
+    keys: tuple = ("nll_grid", "sw"),  # lower is better; each method is judged on the first it has
+) -> list[dict]:
+    "Per method: the largest budget beats the smallest on its key, beyond the spread across seeds (else None)."
+    from ebm_nb.results import check
+
+    out, bs = [], sorted({r["seconds"] for r in rows})
+    for m in dict.fromkeys(r["method"] for r in rows) if len(bs) > 1 else ():
+        key = next((k for k in keys if _mean_spread(rows, m, bs[0], k)[0] is not None), None)
+        if key is None:
+            continue
+        (a, sa), (b, sb) = _mean_spread(rows, m, bs[0], key), _mean_spread(rows, m, bs[-1], key)
+        noise = (sa or 0) + (sb or 0)
+        inside = sa is None or abs(a - b) <= noise
+        note = f"{key}, mean over rows; spread across seeds {noise:.3f}" if sa is not None else key
+        if inside:
+            why = "one training seed, no spread to compare with" if sa is None else "inside the spread across seeds"
+            note += f"; not testable at this scale: {why}"
+        claim = f"{m}: {bs[-1]:g} s of training beat {bs[0]:g} s ({key}, lower is better)"
+        out.append(check(claim, NO_PAPER, f"{b:.3f} vs {a:.3f}", None if inside else bool(b < a), note))
+    return out
+
+# %% ../nbs/17_compare.ipynb #951b0e16
+def reading(
+    rows: list,  # seed_summary rows
+    meta: dict,  # the result file's meta: scale, device, wall time, commit
+    lower: dict,  # metric -> True when lower is better
+    group: str | None = "toy",  # winners per value of this column (None: one per budget)
+) -> str:
+    "Per budget and metric: the winner (per `group`), and whether its lead is larger than the seeds' spread."
+    wall = f", {meta['wall_time_s'] / 60:.1f} min" if meta.get("wall_time_s") else ""
+    out = [f"`{meta['scale']}` scale on {meta['device']}{wall} (commit {meta.get('commit')})."]
+    for b in sorted({r["seconds"] for r in rows}):
+        for key, low in lower.items():
+            parts = []
+            for gv in dict.fromkeys(r.get(group) for r in rows) if group else [None]:
+                rs = [r for r in rows if r["seconds"] == b and r.get(group) == gv and r.get(key) is not None]
+                if len(rs) < 2:
+                    continue
+                rs = sorted(rs, key=lambda r: r[key] if low else -r[key])
+                lead = abs(rs[0][key] - rs[1][key])
+                noise = (rs[0].get(f"{key}_seed_std") or 0) + (rs[1].get(f"{key}_seed_std") or 0)
+                tie = " (inside the seeds' spread)" if lead <= noise else ""
+                parts.append(f"{gv + ': ' if gv else ''}{rs[0]['method']} {rs[0][key]:.3g}{tie}")
+            if parts:
+                out.append(f"At {b:g} s, best {key}: " + "; ".join(parts) + ".")
+    per = {
+        m: np.mean([r["s_per_iter"] for r in rows if r["method"] == m])
+        for m in dict.fromkeys(r["method"] for r in rows)
+    }
+    ranked = sorted(per.items(), key=lambda x: x[1])
+    return " ".join(out + ["Seconds per iteration: " + ", ".join(f"{m} {s:.3g}" for m, s in ranked) + "."])

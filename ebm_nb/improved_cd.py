@@ -676,20 +676,12 @@ def _score_samples(m: ImprovedCD, seed: int, n_eval: int, n_ref: int | None) -> 
 # %% ../nbs/11_improved_cd.ipynb #5609e41d
 def _score_ood(m: ImprovedCD, seed: int, ood_n: int) -> tuple[dict, dict]:
     "AUROC of -E (EMA weights), `ood_n` test images against `ood_n` of each OOD set: ({auroc_<set>}, energies)."
-    from ebm_nb.data import load_fashion_mnist, ood_sets, to_float
-    from ebm_nb.metrics import energy_auroc
+    from ebm_nb.data import load_fashion_mnist, to_float
+    from ebm_nb.metrics import ood_aurocs
 
     x_test = to_float(load_fashion_mnist("test")[0])
-    gen = torch.Generator().manual_seed(seed + 3)
-    x_in = x_test[torch.randperm(len(x_test), generator=gen)[:ood_n]]
-    scores, energies = {}, {}
-    with torch.no_grad():
-        en = lambda x: torch.cat([m.energy(c, ema=True).cpu() for c in x.split(500)])
-        energies["fmnist_test"] = e_in = en(x_in)
-        for name, x_out in ood_sets(x_test, ood_n, gen).items():
-            energies[name] = e_out = en(x_out)
-            scores[f"auroc_{name}"] = energy_auroc(e_in.numpy(), e_out.numpy())
-    return scores, energies
+    energy = lambda x: m.energy(x, ema=True)
+    return ood_aurocs(energy, x_test, ood_n, torch.Generator().manual_seed(seed + 3))
 
 # %% ../nbs/11_improved_cd.ipynb #d0eaffa6
 def run_variant(

@@ -19,8 +19,8 @@ from .data import TOY_BOUND, sha256
 # %% auto #0
 __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'LADDER', 'FLOOR', 'gaussian_stats',
            'frechet_distance', 'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'fn_device',
-           'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'psnr',
-           'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
+           'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'ood_aurocs',
+           'psnr', 'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
            'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
            'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'blur', 'ladder_images', 'ladder_path',
@@ -272,6 +272,24 @@ def auroc(scores_pos, scores_neg) -> float:
 def energy_auroc(e_in, e_out) -> float:
     "AUROC of in-distribution (positive) vs OOD data with score -energy: 1 = in-distribution energies all lower."
     return auroc(-_scores(e_in, "e_in"), -_scores(e_out, "e_out"))
+
+# %% ../nbs/04_metrics.ipynb #2cfb25d6
+def ood_aurocs(
+    energy_fn,  # images (n, 1, 28, 28) in [0, 1] -> energies (n,)
+    x_test: torch.Tensor,  # Fashion-MNIST test images: the in-distribution side
+    n: int,  # images per set
+    generator: torch.Generator | None = None,  # picks the test images and makes the OOD sets
+    chunk: int = 500,  # images per energy evaluation
+) -> tuple[dict, dict]:
+    "({'auroc_<set>'}, {set: energies}): `energy_auroc` of `n` test images against `n` of each of `data.ood_sets`."
+    from ebm_nb.data import ood_sets
+
+    x_in = x_test[torch.randperm(len(x_test), generator=generator)[: check_int("n", n)]]
+    en = lambda x: torch.cat([energy_fn(c).detach().float().cpu() for c in x.split(chunk)])
+    with torch.no_grad():
+        energies = {"fmnist_test": en(x_in)} | {k: en(x) for k, x in ood_sets(x_test, n, generator).items()}
+    scores = {f"auroc_{k}": energy_auroc(energies["fmnist_test"], e) for k, e in energies.items() if k != "fmnist_test"}
+    return scores, energies
 
 # %% ../nbs/04_metrics.ipynb #1ea6bc0e
 def _image_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:

@@ -551,7 +551,7 @@ def train(
     ema: dict[str, EMA] | None = None,  # EMA copies, updated after every step and saved in checkpoints
     callback: Callable[[int, dict], None] | None = None,  # callback(iteration, row) after each history row
     desc: str = "train",  # the progress bar's label
-    seconds: float | None = None,  # a wall-clock budget: stop after the step that passes it (None: no budget)
+    seconds: float | None = None,  # a wall-clock budget of training, callbacks not counted (None: no budget)
 ) -> list[dict]:
     "Train `method` for `iters` steps on random batches of `data`: EMA, guard, logging, checkpoints, resume, DDP."
     ema = _check_train_args(
@@ -582,7 +582,9 @@ def train(
         if log_now or ckpt_now:
             _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
         if log_now:
+            paused = time.time()
             _log_row(history, pending, it, bar, callback)
+            t0 += time.time() - paused  # the callback's evaluations do not count against `seconds`
             pending = []
         if ckpt_now:
             _check_weights(method, it, last, energy_bound)
