@@ -235,6 +235,7 @@ def image_run(
     device="cpu",
     scale: str = "cpu",  # the presets' scale (nets, batch sizes, chains)
     n_eval: int = 2000,  # samples scored at the end
+    n_ref: int | None = None,  # test images they are compared with (None: all 10,000)
     n_track: int = 500,  # samples scored at six points of training (0: none)
     ood_n: int = 1000,  # images per set for the OOD AUROC (0: none)
     ais_n: int = 100,  # AIS chains each way, and test images whose likelihood is bounded (0: none)
@@ -252,7 +253,7 @@ def image_run(
     g = seed_everything(seed)
     x_train, x_test = (to_float(load_fashion_mnist(s)[0]) for s in ("train", "test"))
     feats = load_fmnist_classifier(device).features
-    ref = feature_stats(feats, x_test)
+    ref = feature_stats(feats, x_test[:n_ref])
     out, ddpm = {}, None
     if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
         frac = row.get("pretrain", 0.5)
