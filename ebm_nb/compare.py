@@ -249,14 +249,17 @@ def image_run(
     from ebm_nb.likelihood import UniformBase, log_likelihood_bounds
     from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier, ood_aurocs
 
-    method, seconds = row["method"], check_positive("seconds", row["seconds"])
+    method = check_choice("method", row["method"], IMAGE_METHODS)
+    seconds = check_positive("seconds", row["seconds"])
+    frac = row.get("pretrain", 0.5)
+    if method == "DxMI" and not 0 < frac < 1:
+        raise ValueError(f"pretrain is the share of DxMI's budget that trains its DDPM, in (0, 1); got {frac!r}.")
     g = seed_everything(seed)
     x_train, x_test = (to_float(load_fashion_mnist(s)[0]) for s in ("train", "test"))
     feats = load_fmnist_classifier(device).features
     ref = feature_stats(feats, x_test[:n_ref])
     out, ddpm = {}, None
     if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
-        frac = row.get("pretrain", 0.5)
         ddpm, _, bs, _ = image_model("DDPM", scale, seed, device)
         h = train(ddpm, x_train, max_iters, bs, generator=g, seconds=frac * seconds, desc="DxMI's DDPM")
         out["pretrain_iters"], seconds = h[-1]["iter"], seconds * (1 - frac)
