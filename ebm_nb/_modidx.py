@@ -640,6 +640,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ebm_nb.training.TrainingDiverged': ('training.html#trainingdiverged', 'ebm_nb/training.py'),
                                  'ebm_nb.training.TrainingDiverged.__init__': ( 'training.html#trainingdiverged.__init__',
                                                                                 'ebm_nb/training.py'),
+                                 'ebm_nb.training.TrainingDiverged.__reduce__': ( 'training.html#trainingdiverged.__reduce__',
+                                                                                  'ebm_nb/training.py'),
                                  'ebm_nb.training._allreduce_hook': ('training.html#_allreduce_hook', 'ebm_nb/training.py'),
                                  'ebm_nb.training._check_data': ('training.html#_check_data', 'ebm_nb/training.py'),
                                  'ebm_nb.training._check_ema': ('training.html#_check_ema', 'ebm_nb/training.py'),

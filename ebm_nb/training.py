@@ -175,6 +175,7 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, iteration: int, values: dict, checkpoint=None, checkpoint_iteration=None, energy_bound=None):
         self.iteration, self.values, self.checkpoint = iteration, values, checkpoint
+        self._args = (iteration, values, checkpoint, checkpoint_iteration, energy_bound)
         vals = (
             ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "a non-finite or out-of-bound value on another rank"
         )
@@ -188,6 +189,9 @@ class TrainingDiverged(RuntimeError):
             f"`energy*`/`e_*` within ±{energy_bound}); {where}. Lower the learning rate or the sampler's "
             "step size, or raise energy_bound if such energies are expected."
         )
+
+    def __reduce__(self):  # pickled with its arguments: a worker process hands it back to the parent intact
+        return type(self), self._args
 
 # %% ../nbs/06_training.ipynb #a02ed6fa
 def check_logs(logs: dict[str, float], energy_bound: float | None = 1e4) -> dict[str, float]:
