@@ -12,7 +12,7 @@ from .data import MIXTURE_TOYS, sample_toy, toy_mixture
 from .metrics import mode_wells, toy_eval
 from .plots import grid_energy
 from .presets import get_preset
-from .training import train
+from .training import TrainingDiverged, train
 
 # %% auto #0
 __all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'toy_energy', 'modes_covered',
@@ -102,12 +102,22 @@ def toy_run(
     data = sample_toy(toy, check_int("n_train", n_train), generator=g)
     m, ema, bs, bound = toy_model(method, scale, seed, device)
     t0 = time.time()
-    hist = train(m, data, max_iters, bs, generator=g, ema=ema, energy_bound=bound, seconds=seconds, desc=method)
+    try:
+        hist = train(m, data, max_iters, bs, generator=g, ema=ema, energy_bound=bound, seconds=seconds, desc=method)
+    except TrainingDiverged as e:  # a diverged run is a result: its row says where, and has no scores
+        t = time.time() - t0
+        none = {"_samples": None, "_energy_grid": None, "_history": []}
+        return {
+            "iters": e.iteration,
+            "train_s": round(t, 2),
+            "s_per_iter": t / max(e.iteration, 1),
+            "diverged": True,
+        } | none
     train_s = time.time() - t0
     iters = hist[-1]["iter"]
     energy = toy_energy(m, method)
     samples = toy_sampler(m, method)(n_eval)
-    out = {"iters": iters, "train_s": round(train_s, 2), "s_per_iter": train_s / iters}
+    out = {"iters": iters, "train_s": round(train_s, 2), "s_per_iter": train_s / iters, "diverged": False}
     out |= toy_eval(samples, energy, toy, n_eval, 1, seed, auc_box=4.0, nll=energy is not None)
     if toy in MIXTURE_TOYS:
         out |= modes_covered(samples, toy)
