@@ -237,6 +237,25 @@ def _long_run_scores(m, method: str, n: int, factor: int, feats, ref) -> dict:
     r = long_run(run, x0, k * factor, every=1, score=score, score_at=at)
     return {"long_run": r["scores"], "train_chain": k} | {c: r[c] for c in ("ess_bulk", "ess_tail", "rhat")}
 
+# %% ../nbs/17_compare.ipynb #0ebc32d9
+def _energy_scores(m, method: str, x_test, seed: int, ood_n: int, ais_n: int, ais_temps: int) -> dict:
+    "OOD AUROCs of the method's energy and AIS bounds on its test log-likelihood ({} for the DDPM)."
+    from ebm_nb.likelihood import UniformBase, log_likelihood_bounds
+    from ebm_nb.metrics import ood_aurocs
+
+    out = {}
+    energy = image_energy(m, method)
+    if energy is not None and ood_n:
+        out |= ood_aurocs(energy, x_test, ood_n, torch.Generator().manual_seed(seed + 3))[0]
+    if energy is not None and ais_n:
+        gen = torch.Generator().manual_seed(seed + 4)
+        x_ais = x_test[torch.randperm(len(x_test), generator=gen)[:ais_n]]
+        base = UniformBase(FMNIST_SHAPE)
+        out |= log_likelihood_bounds(energy, base, x_ais, temps=ais_temps, levels=256, generator=gen)
+        ess = min(out["lower_ess"], out["upper_ess"])
+        out["ais_ok"] = out["lower"] <= out["upper"] and ess >= 0.1 * ais_n  # else the bounds mean nothing
+    return out
+
 # %% ../nbs/17_compare.ipynb #ad6cab01
 def image_run(
     row: dict,  # a protocol row: "method", "seconds" (the wall-clock training budget), optional "pretrain" (DxMI)
@@ -256,8 +275,7 @@ def image_run(
 ) -> dict:
     "Train `row['method']` on Fashion-MNIST for `row['seconds']`; iterations, seconds per iteration, every score."
     from ebm_nb.data import load_fashion_mnist, to_float
-    from ebm_nb.likelihood import UniformBase, log_likelihood_bounds
-    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier, ood_aurocs
+    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier
 
     method = check_choice("method", row["method"], IMAGE_METHODS)
     seconds = check_positive("seconds", row["seconds"])
@@ -293,16 +311,7 @@ def image_run(
     shown = []
     keep = lambda i, x: shown.append(x[:64]) if i == 0 else None
     out |= image_eval(sample, n_eval, ref, feats, "fd_fmnist", chunk_fn=keep)
-    energy = image_energy(m, method)
-    if energy is not None and ood_n:
-        out |= ood_aurocs(energy, x_test, ood_n, torch.Generator().manual_seed(seed + 3))[0]
-    if energy is not None and ais_n:
-        gen = torch.Generator().manual_seed(seed + 4)
-        x_ais = x_test[torch.randperm(len(x_test), generator=gen)[:ais_n]]
-        base = UniformBase(FMNIST_SHAPE)
-        out |= log_likelihood_bounds(energy, base, x_ais, temps=ais_temps, levels=256, generator=gen)
-        ess = min(out["lower_ess"], out["upper_ess"])
-        out["ais_ok"] = out["lower"] <= out["upper"] and ess >= 0.1 * ais_n  # else the bounds mean nothing
+    out |= _energy_scores(m, method, x_test, seed, ood_n, ais_n, ais_temps)
     out |= _long_run_scores(m, method, long_n, long_factor, feats, ref)
     return out | {"_samples": shown[0], "_history": hist}
 
