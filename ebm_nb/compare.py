@@ -233,7 +233,11 @@ def _long_run_scores(m, method: str, n: int, factor: int, feats, ref) -> dict:
     k = m.cfg.steps if hasattr(m.cfg, "steps") else m.cfg.x_steps
     at = [k * f for f in (1, 2, 5, 10, 20, 50) if f <= factor]
     keys = ("fd_fmnist", "is_fmnist", "coverage")
-    score = lambda x: {c: image_eval(lambda j: to_images(x), n, ref, feats, "fd_fmnist", chunk=n)[c] for c in keys}
+
+    def score(x):  # one evaluation of the states, three of its numbers
+        s = image_eval(lambda j: to_images(x), n, ref, feats, "fd_fmnist", chunk=n)
+        return {c: s[c] for c in keys}
+
     r = long_run(run, x0, k * factor, every=1, score=score, score_at=at)
     return {"long_run": r["scores"], "train_chain": k} | {c: r[c] for c in ("ess_bulk", "ess_tail", "rhat")}
 
@@ -275,7 +279,8 @@ def image_run(
 ) -> dict:
     "Train `row['method']` on Fashion-MNIST for `row['seconds']`; iterations, seconds per iteration, every score."
     from ebm_nb.data import load_fashion_mnist, to_float
-    from ebm_nb.metrics import feature_stats, image_eval, load_fmnist_classifier
+    from ebm_nb.improved_cd import _fmnist_reference
+    from ebm_nb.metrics import image_eval
 
     method = check_choice("method", row["method"], IMAGE_METHODS)
     seconds = check_positive("seconds", row["seconds"])
@@ -284,8 +289,7 @@ def image_run(
         raise ValueError(f"pretrain is the share of DxMI's budget that trains its DDPM, in (0, 1); got {frac!r}.")
     g = seed_everything(seed)
     x_train, x_test = (to_float(load_fashion_mnist(s)[0]) for s in ("train", "test"))
-    feats = load_fmnist_classifier(device).features
-    ref = feature_stats(feats, x_test[:n_ref])
+    feats, ref = _fmnist_reference(device, n_ref)  # our classifier's features, the test set's statistics
     out, ddpm = {}, None
     if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
         ddpm, _, bs, _ = image_model("DDPM", scale, seed, device)
