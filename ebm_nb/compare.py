@@ -16,8 +16,8 @@ from .training import TrainingDiverged, train
 
 # %% auto #0
 __all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'toy_energy', 'modes_covered',
-           'toy_run', 'image_model', 'image_sampler', 'image_energy', 'image_chain', 'image_run', 'budget_checks',
-           'reading']
+           'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_energy', 'image_chain', 'image_run',
+           'budget_checks', 'reading', 'lead_checks']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -84,6 +84,27 @@ def modes_covered(samples: torch.Tensor, toy: str) -> dict:
     k = int((counts >= 0.25 * len(samples) / len(c)).sum())
     return {"modes_covered": k, "modes": len(c), "high_quality": near.float().mean().item()}
 
+# %% ../nbs/17_compare.ipynb #1b46bff0
+def budgeted_train(m, data, batch_size: int, seconds: float, *, max_iters: int = 10**7, callback=None, **kw):
+    """`training.train` for `seconds` as a row of an equal-compute table: (history, {iters, train_s, s_per_iter,
+    diverged}). A run that the guard stops is a result, not a crash: its history is None and `iters` says where."""
+    spent = [0.0]
+
+    def timed(it, row):  # the callbacks' time: left out of train_s, as `train` leaves it out of the budget
+        t = time.time()
+        callback(it, row)
+        spent[0] += time.time() - t
+
+    t0 = time.time()
+    try:
+        cb = timed if callback is not None else None
+        hist = train(m, data, max_iters, batch_size, seconds=seconds, callback=cb, **kw)
+        iters = hist[-1]["iter"]
+    except TrainingDiverged as e:
+        hist, iters = None, e.iteration
+    t = time.time() - t0 - spent[0]
+    return hist, {"iters": iters, "train_s": round(t, 2), "s_per_iter": t / max(iters, 1), "diverged": hist is None}
+
 # %% ../nbs/17_compare.ipynb #3068b461
 def toy_run(
     row: dict,  # a protocol row: "method", "toy", "seconds" (the wall-clock training budget)
@@ -101,23 +122,13 @@ def toy_run(
     g = seed_everything(seed)
     data = sample_toy(toy, check_int("n_train", n_train), generator=g)
     m, ema, bs, bound = toy_model(method, scale, seed, device)
-    t0 = time.time()
-    try:
-        hist = train(m, data, max_iters, bs, generator=g, ema=ema, energy_bound=bound, seconds=seconds, desc=method)
-    except TrainingDiverged as e:  # a diverged run is a result: its row says where, and has no scores
-        t = time.time() - t0
-        none = {"_samples": None, "_energy_grid": None, "_history": []}
-        return {
-            "iters": e.iteration,
-            "train_s": round(t, 2),
-            "s_per_iter": t / max(e.iteration, 1),
-            "diverged": True,
-        } | none
-    train_s = time.time() - t0
-    iters = hist[-1]["iter"]
+    hist, out = budgeted_train(
+        m, data, bs, seconds, max_iters=max_iters, generator=g, ema=ema, energy_bound=bound, desc=method
+    )
+    if hist is None:  # a diverged run is a result: its row says where, and has no scores
+        return out | {"_samples": None, "_energy_grid": None, "_history": []}
     energy = toy_energy(m, method)
     samples = toy_sampler(m, method)(n_eval)
-    out = {"iters": iters, "train_s": round(train_s, 2), "s_per_iter": train_s / iters, "diverged": False}
     out |= toy_eval(samples, energy, toy, n_eval, 1, seed, auc_box=4.0, nll=energy is not None)
     if toy in MIXTURE_TOYS:
         out |= modes_covered(samples, toy)
@@ -203,22 +214,20 @@ def image_chain(m, method: str, n: int):
     return y0, run, lambda y: m.from_chain(y).clamp(0, 1).cpu()
 
 # %% ../nbs/17_compare.ipynb #78225c3b
-def _track_fd(sample_fn, n: int, seconds: float, feats, ref, curve: list, points: int = 6):
-    "A `train` callback: FD-FMNIST of `n` samples each time training passes another 1/`points` of `seconds`."
-    from ebm_nb.metrics import image_eval
-
-    state = {"t0": time.time(), "spent": 0.0, "next": 0}
-
-    def track(it, _row):
-        t = time.time() - state["t0"] - state["spent"]  # training seconds: this callback's own time excluded
-        if n and t >= seconds * state["next"] / points:
-            t1 = time.time()
-            s = image_eval(sample_fn, n, ref, feats, "fd_fmnist", chunk=n)
-            curve.append({"iter": it, "train_s": round(t, 2), "fd_fmnist": s["fd_fmnist"]})
-            state["next"] += 1
-            state["spent"] += time.time() - t1
-
-    return track
+def _image_train(method: str, scale: str, seed: int, device, x_train, g, seconds: float, frac: float, track) -> tuple:
+    """Build `method` and train it for `seconds` (DxMI: its DDPM first, for `frac` of them): (model, row). `track(m)`
+    makes the callback that scores samples during training (None: none)."""
+    out, ddpm = {}, None
+    if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
+        ddpm, _, bs, _ = image_model("DDPM", scale, seed, device)
+        hist, pre = budgeted_train(ddpm, x_train, bs, frac * seconds, generator=g, desc="DxMI's DDPM")
+        out, seconds = {"pretrain_iters": pre["iters"], "pretrain_s": pre["train_s"]}, seconds * (1 - frac)
+        if hist is None:
+            return ddpm, out | pre | {"_history": []}
+    m, ema, bs, bound = image_model(method, scale, seed, device, ddpm)
+    kw = dict(generator=g, ema=ema, energy_bound=bound, callback=track(m, seconds), desc=method)
+    hist, info = budgeted_train(m, x_train, bs, seconds, **kw)
+    return m, out | info | {"_history": hist or []}
 
 # %% ../nbs/17_compare.ipynb #193a35bc
 def _long_run_scores(m, method: str, n: int, factor: int, feats, ref) -> dict:
@@ -275,12 +284,11 @@ def image_run(
     ais_temps: int = 1000,  # AIS temperatures
     long_n: int = 256,  # chains of the long run (0: none)
     long_factor: int = 20,  # the long run's length in training chains
-    max_iters: int = 10**7,  # a cap on iterations, should the budget outlast it
 ) -> dict:
     "Train `row['method']` on Fashion-MNIST for `row['seconds']`; iterations, seconds per iteration, every score."
     from ebm_nb.data import load_fashion_mnist, to_float
     from ebm_nb.improved_cd import _fmnist_reference
-    from ebm_nb.metrics import image_eval
+    from ebm_nb.metrics import every_seconds, image_eval, quality_tracker
 
     method = check_choice("method", row["method"], IMAGE_METHODS)
     seconds = check_positive("seconds", row["seconds"])
@@ -290,34 +298,22 @@ def image_run(
     g = seed_everything(seed)
     x_train, x_test = (to_float(load_fashion_mnist(s)[0]) for s in ("train", "test"))
     feats, ref = _fmnist_reference(device, n_ref)  # our classifier's features, the test set's statistics
-    out, ddpm = {}, None
-    if method == "DxMI":  # equal compute: the DDPM it fine-tunes pretrains inside its budget
-        ddpm, _, bs, _ = image_model("DDPM", scale, seed, device)
-        h = train(ddpm, x_train, max_iters, bs, generator=g, seconds=frac * seconds, desc="DxMI's DDPM")
-        out["pretrain_iters"], seconds = h[-1]["iter"], seconds * (1 - frac)
-    m, ema, bs, bound = image_model(method, scale, seed, device, ddpm)
-    sample, curve = image_sampler(m, method), []
-    track = _track_fd(sample, n_track, seconds, feats, ref, curve)
-    hist = train(
-        m,
-        x_train,
-        max_iters,
-        bs,
-        generator=g,
-        ema=ema,
-        energy_bound=bound,
-        seconds=seconds,
-        callback=track,
-        desc=method,
-    )
-    iters = hist[-1]["iter"]
-    out |= {"iters": iters, "budget_s": row["seconds"], "s_per_iter": seconds / iters, "_curve": curve}
+    curve = []
+
+    def track(m, secs):  # FD / IS / coverage of n_track samples at six points of the training seconds
+        sample = image_sampler(m, method)
+        return quality_tracker(sample, n_track, ref, feats, curve, every_seconds(secs, 6)) if n_track else None
+
+    m, out = _image_train(method, scale, seed, device, x_train, g, seconds, frac, track)
+    out |= {"budget_s": row["seconds"], "_curve": curve}
+    if out["diverged"]:  # a diverged run is a result: its row says where, and has no scores
+        return out | {"_samples": None}
     shown = []
     keep = lambda i, x: shown.append(x[:64]) if i == 0 else None
-    out |= image_eval(sample, n_eval, ref, feats, "fd_fmnist", chunk_fn=keep)
+    out |= image_eval(image_sampler(m, method), n_eval, ref, feats, "fd_fmnist", chunk_fn=keep)
     out |= _energy_scores(m, method, x_test, seed, ood_n, ais_n, ais_temps)
     out |= _long_run_scores(m, method, long_n, long_factor, feats, ref)
-    return out | {"_samples": shown[0], "_history": hist}
+    return out | {"_samples": shown[0]}
 
 # %% ../nbs/17_compare.ipynb #10d3651e
 NO_PAPER = "no paper number (our comparison)"
@@ -355,6 +351,17 @@ def budget_checks(
         out.append(check(claim, NO_PAPER, f"{b:.3f} vs {a:.3f}", None if inside else bool(b < a), note))
     return out
 
+# %% ../nbs/17_compare.ipynb #f2b037a4
+def _leads(rows: list, lower: dict, group: str | None):
+    "Per budget, metric and value of `group`: (budget, key, value, best row, runner-up), among rows with the key."
+    for b in sorted({r["seconds"] for r in rows}):
+        for key, low in lower.items():
+            for gv in dict.fromkeys(r.get(group) for r in rows) if group else [None]:
+                rs = [r for r in rows if r["seconds"] == b and r.get(group) == gv and r.get(key) is not None]
+                if len(rs) > 1:
+                    rs = sorted(rs, key=lambda r: r[key] if low else -r[key])
+                    yield b, key, gv, rs[0], rs[1]
+
 # %% ../nbs/17_compare.ipynb #951b0e16
 def reading(
     rows: list,  # seed_summary rows
@@ -365,23 +372,35 @@ def reading(
     "Per budget and metric: the winner (per `group`), and whether its lead is larger than the seeds' spread."
     wall = f", {meta['wall_time_s'] / 60:.1f} min" if meta.get("wall_time_s") else ""
     out = [f"`{meta['scale']}` scale on {meta['device']}{wall} (commit {meta.get('commit')})."]
-    for b in sorted({r["seconds"] for r in rows}):
-        for key, low in lower.items():
-            parts = []
-            for gv in dict.fromkeys(r.get(group) for r in rows) if group else [None]:
-                rs = [r for r in rows if r["seconds"] == b and r.get(group) == gv and r.get(key) is not None]
-                if len(rs) < 2:
-                    continue
-                rs = sorted(rs, key=lambda r: r[key] if low else -r[key])
-                lead = abs(rs[0][key] - rs[1][key])
-                noise = (rs[0].get(f"{key}_seed_std") or 0) + (rs[1].get(f"{key}_seed_std") or 0)
-                tie = " (inside the seeds' spread)" if lead <= noise else ""
-                parts.append(f"{gv + ': ' if gv else ''}{rs[0]['method']} {rs[0][key]:.3g}{tie}")
-            if parts:
-                out.append(f"At {b:g} s, best {key}: " + "; ".join(parts) + ".")
+    parts = {}
+    for b, key, gv, r0, r1 in _leads(rows, lower, group):
+        noise = (r0.get(f"{key}_seed_std") or 0) + (r1.get(f"{key}_seed_std") or 0)
+        tie = " (inside the seeds' spread)" if abs(r0[key] - r1[key]) <= noise else ""
+        parts.setdefault((b, key), []).append(f"{gv + ': ' if gv else ''}{r0['method']} {r0[key]:.3g}{tie}")
+    out += [f"At {b:g} s, best {key}: " + "; ".join(p) + "." for (b, key), p in parts.items()]
     per = {
         m: np.mean([r["s_per_iter"] for r in rows if r["method"] == m])
         for m in dict.fromkeys(r["method"] for r in rows)
     }
     ranked = sorted(per.items(), key=lambda x: x[1])
     return " ".join(out + ["Seconds per iteration: " + ", ".join(f"{m} {s:.3g}" for m, s in ranked) + "."])
+
+# %% ../nbs/17_compare.ipynb #3901a499
+def lead_checks(
+    rows: list,  # seed_summary rows
+    lower: dict,  # metric -> True when lower is better
+    group: str | None = None,  # one check per value of this column (None: one per budget and metric)
+) -> list[dict]:
+    "Per budget and metric: the best method leads the runner-up by more than the two's spread across seeds (else None)."
+    from ebm_nb.results import check
+
+    out = []
+    for b, key, gv, r0, r1 in _leads(rows, lower, group):
+        s0, s1 = r0.get(f"{key}_seed_std"), r1.get(f"{key}_seed_std")
+        noise = (s0 or 0) + (s1 or 0)
+        testable = s0 is not None and s1 is not None and abs(r0[key] - r1[key]) > noise
+        why = "one training seed" if s0 is None or s1 is None else "inside the spread across seeds"
+        note = f"spread across seeds {noise:.3g}" + ("" if testable else f"; not testable at this scale: {why}")
+        claim = f"At {b:g} s{f' on {gv}' if gv else ''}, {r0['method']} has the best {key}, ahead of {r1['method']}"
+        out.append(check(claim, NO_PAPER, f"{r0[key]:.3g} vs {r1[key]:.3g}", True if testable else None, note))
+    return out

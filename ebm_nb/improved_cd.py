@@ -592,8 +592,8 @@ def _fit_guarded(
 
     t0, history = time.time(), []
 
-    def log(i, h):  # keeps the logged rows of a run that the guard stops
-        history.append(h)
+    def log(i, h):  # keeps the logged rows of a run that the guard stops (without the clock: they stay reproducible)
+        history.append({k: v for k, v in h.items() if k != "train_s"})
         if callback is not None:
             callback(i, h)
 
@@ -605,9 +605,6 @@ def _fit_guarded(
     return {**status, "train_s": round(time.time() - t0, 1)}, history
 
 # %% ../nbs/11_improved_cd.ipynb #7e5fb38d
-_CURVE_KEYS = ("fd_fmnist", "is_fmnist", "coverage")  # what `_quality_tracker` records over training
-
-
 def _fmnist_reference(device, n_ref: int | None) -> tuple:
     "Our classifier's feature map and the feature statistics of the first `n_ref` test images (None: all)."
     from ebm_nb.data import load_fashion_mnist, to_float
@@ -618,28 +615,13 @@ def _fmnist_reference(device, n_ref: int | None) -> tuple:
 
 # %% ../nbs/11_improved_cd.ipynb #b8e1c14c
 def _quality_tracker(m: ImprovedCD, n: int, every: int, curve: list):
-    """A `fit` callback: FD-FMNIST, IS-FMNIST and coverage of `n` EMA samples into `curve` every `every` iterations,
-    with the training seconds so far (scoring time left out). It draws from its own generators and puts the global
-    random state back, so the trained model is the one an untracked run makes."""
-    import time
-    from ebm_nb.checkpoints import rng_state, set_rng_state
-    from ebm_nb.metrics import image_eval
+    """A `fit` callback: FD-FMNIST, IS-FMNIST and coverage of `n` EMA samples (drawn with their own generator) into
+    `curve` every `every` iterations, with the training seconds so far (`metrics.quality_tracker`)."""
+    from ebm_nb.metrics import every_iters, quality_tracker
 
-    feats, ref, t0, spent = None, None, time.time(), [0.0]
-
-    def tracker(i, _row):
-        nonlocal feats, ref
-        if i % every and i != m.cfg.iters:
-            return
-        t1, state = time.time(), rng_state()
-        if feats is None:
-            feats, ref = _fmnist_reference(m.device, None)
-        s = image_eval(lambda k: m.sample(k, generator=torch.Generator().manual_seed(7)), n, ref, feats, "fd_fmnist")
-        set_rng_state(state)
-        curve.append({"iter": i, "train_s": round(t1 - t0 - spent[0], 1)} | {k: s[k] for k in _CURVE_KEYS})
-        spent[0] += time.time() - t1
-
-    return tracker
+    feats, ref = _fmnist_reference(m.device, None)
+    draw = lambda k: m.sample(k, generator=torch.Generator().manual_seed(7))
+    return quality_tracker(draw, n, ref, feats, curve, every_iters(every, m.cfg.iters))
 
 # %% ../nbs/11_improved_cd.ipynb #291337ec
 def _train_cached(m: ImprovedCD, seed: int, data: str, x_train, g, log_every: int, desc: str, track: int, how: dict):

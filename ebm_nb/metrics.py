@@ -23,8 +23,9 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'psnr', 'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
            'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
            'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
-           'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'blur', 'ladder_images', 'ladder_path',
-           'quality_floor', 'below_floor', 'not_testable', 'quality_claim', 'ladder_job']
+           'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'quality_tracker', 'every_iters',
+           'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor', 'below_floor', 'not_testable',
+           'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -728,6 +729,48 @@ def image_eval(
     score = inception_score(np.concatenate(logits)) if logits else None
     out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, **density_coverage(fr, f)}
     return out | {"n_eval": gen.n, "n_ref": ref.n}
+
+# %% ../nbs/04_metrics.ipynb #406c33d8
+def quality_tracker(
+    sample_fn,  # k -> k images in [0, 1]
+    n: int,  # samples scored each time
+    ref: FeatureStats,  # the reference statistics (`feature_stats`)
+    feature_fn,  # images -> features
+    curve: list,  # rows {"iter", "train_s", *keys} are appended here
+    due,  # due(iteration, train_s) -> bool: score at this history row?
+    key: str = "fd_fmnist",  # the Fréchet distance's name, as in `image_eval`
+    keys: tuple = ("fd_fmnist", "is_fmnist", "coverage"),  # the scores kept
+):
+    "A `training.train` callback that scores `n` samples of `sample_fn` into `curve` whenever `due` says so."
+    from ebm_nb.checkpoints import rng_state, set_rng_state
+
+    def track(it, row):
+        if not due(it, row["train_s"]):
+            return
+        state = rng_state()
+        s = image_eval(sample_fn, n, ref, feature_fn, key)
+        set_rng_state(state)
+        curve.append({"iter": it, "train_s": round(row["train_s"], 2)} | {k: s[k] for k in keys})
+
+    return track
+
+# %% ../nbs/04_metrics.ipynb #1f3e2170
+def every_iters(every: int, last: int):
+    "A `quality_tracker` schedule: every `every` iterations, and at iteration `last`."
+    return lambda it, _t: it % every == 0 or it == last
+
+
+def every_seconds(seconds: float, points: int):
+    "A `quality_tracker` schedule: the first row, then each time training passes another 1/`points` of `seconds`."
+    due_at = [0.0]
+
+    def due(_it, t):
+        if t < due_at[0]:
+            return False
+        due_at[0] = seconds * (int(t * points / seconds) + 1) / points
+        return True
+
+    return due
 
 # %% ../nbs/04_metrics.ipynb #d36195ea
 LADDER = ("training images", "+ noise 0.1", "blurred once", "blurred twice", "uniform noise")

@@ -520,12 +520,13 @@ def _check_floats(logs: dict, pending: list, it: int, last, energy_bound) -> Non
         raise TrainingDiverged(it, bad, *(last or (None, None)), energy_bound)
 
 # %% ../nbs/06_training.ipynb #bf2120a2
-def _log_row(history: list, pending: list, it: int, bar, callback) -> None:
-    "Append the mean of the window `pending` as the row of iteration `it`; show it and call `callback` (rank 0)."
+def _log_row(history: list, pending: list, it: int, bar, callback, train_s: float) -> None:
+    """Append the mean of the window `pending` as the row of iteration `it`; show it and call `callback` (rank 0)
+    with that row and `train_s`, the training seconds so far (not kept in the history, which stays reproducible)."""
     history.append({"iter": it, **_mean(pending)})
     bar.set_postfix(_postfix(history[-1]), refresh=False)
     if callback is not None and is_main():
-        callback(it, history[-1])
+        callback(it, history[-1] | {"train_s": train_s})
 
 # %% ../nbs/06_training.ipynb #155ae634
 def _time_up(t0: float, seconds: float | None) -> bool:
@@ -553,7 +554,7 @@ def train(
     log_every: int = 10,  # iterations per history row (and per check of tensor values)
     energy_bound: float | None = 1e4,  # the guard's bound on |energy keys|; None: no bound
     ema: dict[str, EMA] | None = None,  # EMA copies, updated after every step and saved in checkpoints
-    callback: Callable[[int, dict], None] | None = None,  # callback(iteration, row) after each history row
+    callback: Callable[[int, dict], None] | None = None,  # callback(iteration, row + train_s) after each row
     desc: str = "train",  # the progress bar's label
     seconds: float | None = None,  # a wall-clock budget of training, callbacks not counted (None: no budget)
 ) -> list[dict]:
@@ -587,7 +588,7 @@ def train(
             _guard(_to_host(pending), it, last, energy_bound)  # the window's one host transfer
         if log_now:
             paused = time.time()
-            _log_row(history, pending, it, bar, callback)
+            _log_row(history, pending, it, bar, callback, paused - t0)
             t0 += time.time() - paused  # the callback's evaluations do not count against `seconds`
             pending = []
         if ckpt_now:

@@ -88,7 +88,10 @@ def test_history_rows_are_window_means_and_callback_sees_them():
         log_every=3,
         callback=lambda i, row: seen.append((i, row)),
     )
-    assert [r["iter"] for r in h] == [3, 6, 9, 10] and seen == [(r["iter"], r) for r in h]
+    assert [r["iter"] for r in h] == [3, 6, 9, 10] and [i for i, _ in seen] == [3, 6, 9, 10]
+    # the callback sees each row and the training seconds so far, which the history does not keep
+    assert all(row == r | {"train_s": row["train_s"]} for (_, row), r in zip(seen, h))
+    assert [row["train_s"] for _, row in seen] == sorted(row["train_s"] for _, row in seen) and seen[0][1]["train_s"] > 0
     assert set(h[0]) == {"iter", "loss", "e_pos", "e_neg", "mu", "sigma"}
 
 
