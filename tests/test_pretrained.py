@@ -26,6 +26,12 @@ def test_committed_models_are_known_and_small():
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_presets_still_build_the_committed_models(name):
+    spec = pretrain.MODELS[name][0]()[1]
+    assert spec == MANIFEST[name]["spec"], f"{name}: a preset changed since it was trained; train and publish it again"
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_sha256(name):
     e = MANIFEST[name]
     assert sha256_file(pretrained_dir() / e["file"]) == e["sha256"]

@@ -128,6 +128,14 @@ SCORE_KEYS = ("fd_fmnist", "is_fmnist", "coverage")
 
 def score(name: str) -> dict:
     "The small-sample score of the committed model `name`, loaded as the notebooks load it (pretrained=True)."
+    from ebm_nb.checkpoints import read_manifest
+
+    spec, committed = MODELS[name][0]()[1], read_manifest()[name]["spec"]
+    if spec != committed:  # the runner would train a new model for minutes to hours, then fail: say so now
+        raise RuntimeError(
+            f"{name}: this code's preset builds model {spec}, but the committed one is {committed}; "
+            f"train and publish it again (python tools/pretrain.py train {name}, then publish)."
+        )
     row = MODELS[name][1](SCORE_N, SCORE_REF, True)
     if "cached" in row and row["cached"] != "pretrained":
         raise RuntimeError(f"{name}: the runner did not load the committed model (cached={row['cached']!r}).")
