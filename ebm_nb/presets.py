@@ -67,3 +67,4 @@ class EvalSizes:
     n_ref: int | None = None  # reference (test) images or points the samples are compared with
     n_train: int | None = None  # training images or points loaded
     n_samplings: int = 1  # independent samplings per model (their spread is the sampling noise)
+    row_iters: int | None = None  # training iterations of each row of a multi-run table (None: the preset's)
