@@ -43,6 +43,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'ebm_nb.checkpoints.sha256_file': ('checkpoints.html#sha256_file', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.trained': ('checkpoints.html#trained', 'ebm_nb/checkpoints.py')},
             'ebm_nb.compare': { 'ebm_nb.compare._energy_scores': ('compare.html#_energy_scores', 'ebm_nb/compare.py'),
+                                'ebm_nb.compare._has': ('compare.html#_has', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare._image_train': ('compare.html#_image_train', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare._leads': ('compare.html#_leads', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare._long_run_scores': ('compare.html#_long_run_scores', 'ebm_nb/compare.py'),
