@@ -324,12 +324,17 @@ def _has(r: dict, key: str) -> bool:
     return r.get(key) is not None and r[key] == r[key]
 
 
+def _spread(r: dict, key: str) -> float | None:
+    "Row `r`'s spread of `key` across training seeds (None: one seed, or no number)."
+    return r[f"{key}_seed_std"] if _has(r, f"{key}_seed_std") else None
+
+
 def _mean_spread(rows: list, method: str, seconds: float, key: str) -> tuple:
     "Mean of a method's `key` over its rows at one budget, and the mean of their spreads across seeds."
     rs = [r for r in rows if r["method"] == method and r["seconds"] == seconds and _has(r, key)]
     if not rs:
         return None, None
-    spread = [r[f"{key}_seed_std"] for r in rs if _has(r, f"{key}_seed_std")]
+    spread = [_spread(r, key) for r in rs if _spread(r, key) is not None]
     return float(np.mean([r[key] for r in rs])), (float(np.mean(spread)) if spread else None)
 
 # %% ../nbs/17_compare.ipynb #a41971d9
@@ -371,7 +376,7 @@ def _leads(rows: list, lower: dict, group: str | None):
     for b in sorted({r["seconds"] for r in rows}):
         for key, low in lower.items():
             for gv in dict.fromkeys(r.get(group) for r in rows) if group else [None]:
-                rs = [r for r in rows if r["seconds"] == b and r.get(group) == gv and r.get(key) is not None]
+                rs = [r for r in rows if r["seconds"] == b and r.get(group) == gv and _has(r, key)]
                 if len(rs) > 1:
                     rs = sorted(rs, key=lambda r: r[key] if low else -r[key])
                     yield b, key, gv, rs[0], rs[1]
@@ -388,7 +393,7 @@ def reading(
     out = [f"`{meta['scale']}` scale on {meta['device']}{wall} (commit {meta.get('commit')})."]
     parts = {}
     for b, key, gv, r0, r1 in _leads(rows, lower, group):
-        noise = (r0.get(f"{key}_seed_std") or 0) + (r1.get(f"{key}_seed_std") or 0)
+        noise = (_spread(r0, key) or 0) + (_spread(r1, key) or 0)
         tie = " (inside the seeds' spread)" if abs(r0[key] - r1[key]) <= noise else ""
         parts.setdefault((b, key), []).append(f"{gv + ': ' if gv else ''}{r0['method']} {r0[key]:.3g}{tie}")
     out += [f"At {b:g} s, best {key}: " + "; ".join(p) + "." for (b, key), p in parts.items()]
@@ -410,7 +415,7 @@ def lead_checks(
 
     out = []
     for b, key, gv, r0, r1 in _leads(rows, lower, group):
-        s0, s1 = r0.get(f"{key}_seed_std"), r1.get(f"{key}_seed_std")
+        s0, s1 = _spread(r0, key), _spread(r1, key)
         noise = (s0 or 0) + (s1 or 0)
         testable = s0 is not None and s1 is not None and abs(r0[key] - r1[key]) > noise
         why = "one training seed" if s0 is None or s1 is None else "inside the spread across seeds"
