@@ -51,6 +51,11 @@ class CDConfig:
         check_positive("step_size", self.step_size)
         check_positive("lr", self.lr)
 
+    @property
+    def T(self) -> float:
+        "The chains' temperature noise^2 / (2 step_size): 1 for proper Langevin (noise None), which samples exp(-E)."
+        return 1.0 if self.noise is None else self.noise**2 / (2 * self.step_size)
+
 # %% ../nbs/10_cd.ipynb #632cf35d
 class CD:
     "Short-run / persistent contrastive divergence for an energy on vectors or images."

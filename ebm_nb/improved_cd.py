@@ -85,6 +85,11 @@ class ImprovedCDConfig:
     def __post_init__(self):
         _check_config(self)
 
+    @property
+    def T(self) -> float:
+        "The chains' temperature sigma^2 / (2 lambda): they sample exp(-E / T), the density the CD loss fits."
+        return self.noise**2 / (2 * self.step_size)
+
 # %% ../nbs/11_improved_cd.ipynb #dbfcfd05
 def _check_config(c: ImprovedCDConfig):
     "Fail before any work on a bad config, with one sentence that says what to use."
