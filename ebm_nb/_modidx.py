@@ -354,6 +354,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.metrics._toy_energy_scores': ('metrics.html#_toy_energy_scores', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics._toy_eval_points': ('metrics.html#_toy_eval_points', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.auroc': ('metrics.html#auroc', 'ebm_nb/metrics.py'),
+                                'ebm_nb.metrics.auroc_se': ('metrics.html#auroc_se', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.below_floor': ('metrics.html#below_floor', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.blur': ('metrics.html#blur', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.density_coverage': ('metrics.html#density_coverage', 'ebm_nb/metrics.py'),

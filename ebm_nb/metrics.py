@@ -19,13 +19,13 @@ from .data import TOY_BOUND, sha256
 # %% auto #0
 __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTION_URL', 'LADDER', 'FLOOR', 'gaussian_stats',
            'frechet_distance', 'fd_from_features', 'kid', 'median_bandwidth', 'mmd_rbf', 'sliced_w2', 'fn_device',
-           'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'ood_aurocs',
-           'psnr', 'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier', 'fmnist_classifier_path',
-           'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist', 'inception_weights_path',
-           'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage', 'toy_eval', 'mode_wells',
-           'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'quality_tracker', 'every_iters',
-           'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor', 'below_floor', 'not_testable',
-           'quality_claim', 'ladder_job']
+           'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'auroc_se',
+           'ood_aurocs', 'psnr', 'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier',
+           'fmnist_classifier_path', 'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist',
+           'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage',
+           'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'quality_tracker',
+           'every_iters', 'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor', 'below_floor',
+           'not_testable', 'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -273,6 +273,16 @@ def auroc(scores_pos, scores_neg) -> float:
 def energy_auroc(e_in, e_out) -> float:
     "AUROC of in-distribution (positive) vs OOD data with score -energy: 1 = in-distribution energies all lower."
     return auroc(-_scores(e_in, "e_in"), -_scores(e_out, "e_out"))
+
+# %% ../nbs/04_metrics.ipynb #2cf6820a
+def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
+    "Standard error of an AUROC `a` from `n_pos` positives and `n_neg` negatives (Hanley & McNeil 1982)."
+    check_int("n_pos", n_pos), check_int("n_neg", n_neg)
+    if not 0 <= a <= 1:
+        raise ValueError(f"a must be an AUROC in [0, 1], got {a!r}.")
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)
+    return float(np.sqrt(max(var, 0.0) / (n_pos * n_neg)))
 
 # %% ../nbs/04_metrics.ipynb #2cfb25d6
 def ood_aurocs(
