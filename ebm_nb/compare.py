@@ -8,16 +8,16 @@ import time
 import numpy as np
 import torch
 from .core import check_choice, check_int, check_positive, seed_everything
-from .data import MIXTURE_TOYS, sample_toy, toy_mixture
+from .data import MIXTURE_TOYS, TOY_BOUND, sample_toy, toy_mixture
 from .metrics import mode_wells, toy_eval
 from .plots import grid_energy
 from .presets import get_preset
 from .training import TrainingDiverged, train
 
 # %% auto #0
-__all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'tempered', 'toy_energy',
-           'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_energy', 'image_chain',
-           'image_run', 'budget_checks', 'reading', 'lead_checks']
+__all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'tempered', 'learned_energy',
+           'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_chain', 'image_run',
+           'budget_checks', 'reading', 'lead_checks']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -73,13 +73,14 @@ def tempered(energy, T: float):
     return energy if T == 1 else (lambda x: energy(x) / T)
 
 
-def toy_energy(m, method: str):
-    "The density the method learnt, as an energy at T = 1 (improved CD: its EMA, over its cold chains' T)."
+def learned_energy(m, method: str):
+    """The density `m` learnt, as an energy at T = 1 (its chains' temperature divided out; improved CD's EMA), on
+    points or images; None for the DDPM."""
     if method == "DDPM":
         return None
     if method == "DxMI":
         return m.energy
-    energy = (lambda x: m.energy(x, ema=True)) if method == "improved CD" else m.energy
+    energy = (lambda x: m.energy(x, ema=True)) if hasattr(m, "ema") else m.energy
     return tempered(energy, m.cfg.T)
 
 # %% ../nbs/17_compare.ipynb #4a7545ca
@@ -135,7 +136,7 @@ def toy_run(
     )
     if hist is None:  # a diverged run is a result: its row says where, and has no scores
         return out | {"_samples": None, "_energy_grid": None, "_history": []}
-    energy = toy_energy(m, method)
+    energy = learned_energy(m, method)
     samples = toy_sampler(m, method)(n_eval)
     out |= toy_eval(samples, energy, toy, n_eval, 1, seed, auc_box=4.0, nll=energy is not None)
     if toy in MIXTURE_TOYS:
@@ -189,17 +190,6 @@ def image_sampler(m, method: str):
     if method == "DDPM":
         return lambda n: m.sample(n, steps=100)
     return lambda n: m.sample(n)
-
-
-def image_energy(m, method: str):
-    "Images in [0, 1] -> the method's density as an energy at T = 1 (its chains' temperature divided out)."
-    if method == "DDPM":
-        return None
-    if method == "DxMI":
-        return m.energy
-    if method in ("persistent CD", "improved CD"):
-        return tempered(lambda x: m.energy(x, ema=True), m.cfg.T)
-    return tempered(m.energy, m.cfg.T)
 
 # %% ../nbs/17_compare.ipynb #e0a9415f
 def image_chain(m, method: str, n: int):
@@ -265,7 +255,7 @@ def _energy_scores(m, method: str, x_test, seed: int, ood_n: int, ais_n: int, ai
     from ebm_nb.metrics import ood_aurocs
 
     out = {}
-    energy = image_energy(m, method)
+    energy = learned_energy(m, method)
     if energy is not None and ood_n:
         out |= ood_aurocs(energy, x_test, ood_n, torch.Generator().manual_seed(seed + 3))[0]
     if energy is not None and ais_n:
@@ -354,7 +344,6 @@ def budget_checks(
     """Per method: the largest budget beats the smallest on its key, beyond the spread across seeds (else None).
     Two models that both score no better than their key's `floor` (within 0.05; the uniform density on the grid's
     box) learned nothing to compare: not testable either."""
-    from ebm_nb.data import TOY_BOUND
     from ebm_nb.results import check
 
     floor = {"nll_grid": float(np.log((2 * TOY_BOUND) ** 2))} if floor is None else floor

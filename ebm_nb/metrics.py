@@ -277,7 +277,8 @@ def energy_auroc(e_in, e_out) -> float:
 # %% ../nbs/04_metrics.ipynb #2cf6820a
 def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
     "Standard error of an AUROC `a` from `n_pos` positives and `n_neg` negatives (Hanley & McNeil 1982)."
-    check_int("n_pos", n_pos), check_int("n_neg", n_neg)
+    check_int("n_pos", n_pos)
+    check_int("n_neg", n_neg)
     if not 0 <= a <= 1:
         raise ValueError(f"a must be an AUROC in [0, 1], got {a!r}.")
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
