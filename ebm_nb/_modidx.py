@@ -527,6 +527,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ebm_nb.report.report_main': ('report.html#report_main', 'ebm_nb/report.py'),
                                'ebm_nb.report.rows_markdown': ('report.html#rows_markdown', 'ebm_nb/report.py'),
                                'ebm_nb.report.table_checks': ('report.html#table_checks', 'ebm_nb/report.py'),
+                               'ebm_nb.report.wall_by_scale': ('report.html#wall_by_scale', 'ebm_nb/report.py'),
                                'ebm_nb.report.write_index': ('report.html#write_index', 'ebm_nb/report.py')},
             'ebm_nb.results': { 'ebm_nb.results._fmt': ('results.html#_fmt', 'ebm_nb/results.py'),
                                 'ebm_nb.results._jsonable': ('results.html#_jsonable', 'ebm_nb/results.py'),

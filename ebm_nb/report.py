@@ -12,7 +12,7 @@ from .results import VERDICTS, tally
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
            'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'ladder_line', 'models_markdown',
-           'build_index', 'StaleIndex', 'write_index', 'report_main']
+           'wall_by_scale', 'build_index', 'StaleIndex', 'write_index', 'report_main']
 
 # %% ../nbs/15_report.ipynb #9f0ac291
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
@@ -253,6 +253,20 @@ def _section(t: dict, figs: list[str], nb, root: Path, ladder: str = "") -> list
     out += ["Claims of the paper:", "", checks_markdown(table_checks(m)), ""]
     return out
 
+# %% ../nbs/15_report.ipynb #44240f07
+def wall_by_scale(tables: list[dict]) -> str:
+    "One line: per scale, how many notebook runs the committed tables come from and their summed wall time."
+    runs = {}
+    for t in tables:
+        m = t["meta"]
+        key = (m.get("notebook") or f"{t['paper']}/{t['stem']}", m.get("commit"), m.get("wall_time_s"))
+        runs.setdefault(m.get("scale", "?"), set()).add(key)
+    parts = [
+        f"`{s}` {len(ks)} run{'s' * (len(ks) != 1)}, {format_seconds(sum(k[2] or 0 for k in ks))}"
+        for s, ks in sorted(runs.items())
+    ]
+    return "Committed runs per scale (each notebook run once): " + "; ".join(parts) + "." if parts else ""
+
 # %% ../nbs/15_report.ipynb #d57d0365
 def build_index(figures_dir=None, papers_dir=None) -> str:
     "The text of the results index `figures/README.md`, built from the committed tables (deterministic)."
@@ -278,6 +292,7 @@ def build_index(figures_dir=None, papers_dir=None) -> str:
     else:
         every = [c for t in tables for c in table_checks(t["meta"])]
         out += [f"Claims of the papers, over all tables: {tally(every)}.", ""]
+        out += [wall_by_scale(tables), ""]
         out += ["| table | scale | device | wall time | claims |", "|---|---|---|---|---|"]
         for t in sorted(tables, key=lambda t: (t["paper"] == BENCHMARKS, t["paper"], t["stem"])):
             name, m = f"{t['paper']}/{t['stem']}", t["meta"]
