@@ -51,6 +51,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.compare._mean_spread': ('compare.html#_mean_spread', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare._spread': ('compare.html#_spread', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.budget_checks': ('compare.html#budget_checks', 'ebm_nb/compare.py'),
+                                'ebm_nb.compare.budget_clock': ('compare.html#budget_clock', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.budgeted_train': ('compare.html#budgeted_train', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.image_chain': ('compare.html#image_chain', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.image_model': ('compare.html#image_model', 'ebm_nb/compare.py'),

@@ -16,8 +16,8 @@ from .training import TrainingDiverged, train
 
 # %% auto #0
 __all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'tempered', 'learned_energy',
-           'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_chain', 'image_run',
-           'budget_checks', 'reading', 'lead_checks']
+           'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_chain', 'budget_clock',
+           'image_run', 'budget_checks', 'reading', 'lead_checks']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -267,6 +267,14 @@ def _energy_scores(m, method: str, x_test, seed: int, ood_n: int, ais_n: int, ai
         out["ais_ok"] = out["lower"] <= out["upper"] and ess >= 0.1 * ais_n  # else the bounds mean nothing
     return out
 
+# %% ../nbs/17_compare.ipynb #979533c4
+def budget_clock(
+    curve: list,  # tracked points {"iter", "train_s", ...}, seconds counted from the start of their `train` call
+    start: float,  # seconds of the budget spent before that call (DxMI: pretraining its DDPM)
+) -> list:
+    "The points with `train_s` counted from the start of the budget, so every method shares one time axis."
+    return [p | {"train_s": round(p["train_s"] + start, 2)} for p in curve]
+
 # %% ../nbs/17_compare.ipynb #ad6cab01
 def image_run(
     row: dict,  # a protocol row: "method", "seconds" (the wall-clock training budget), optional "pretrain" (DxMI)
@@ -303,7 +311,7 @@ def image_run(
         return quality_tracker(sample, n_track, ref, feats, curve, every_seconds(secs, 6)) if n_track else None
 
     m, out = _image_train(method, scale, seed, device, x_train, g, seconds, frac, track)
-    out |= {"budget_s": row["seconds"], "_curve": curve}
+    out |= {"budget_s": row["seconds"], "_curve": budget_clock(curve, out.get("pretrain_s", 0.0))}
     if out["diverged"]:  # a diverged run is a result: its row says where, and has no scores
         return out | {"_samples": None}
     shown = []
