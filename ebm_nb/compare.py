@@ -17,7 +17,7 @@ from .training import TrainingDiverged, train
 # %% auto #0
 __all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'tempered', 'learned_energy',
            'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_chain', 'budget_clock',
-           'image_run', 'budget_checks', 'reading', 'lead_checks']
+           'image_run', 'budget_checks', 'reading', 'lead_checks', 'long_run_rows', 'long_run_checks', 'ais_checks']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -427,4 +427,52 @@ def lead_checks(
         note = f"spread across seeds {noise:.3g}" + ("" if testable else f"; not testable at this scale: {why}")
         claim = f"At {b:g} s{f' on {gv}' if gv else ''}, {r0['method']} has the best {key}, ahead of {r1['method']}"
         out.append(check(claim, NO_PAPER, f"{r0[key]:.3g} vs {r1[key]:.3g}", True if testable else None, note))
+    return out
+
+# %% ../nbs/17_compare.ipynb #8967bbc3
+def long_run_rows(
+    results: list,  # `image_run` results, one per (method, budget, seed)
+) -> list[dict]:
+    "One row per run with a long chain: FD-FMNIST at each multiple of the training chain (`fd_x1`, ...), ESS, R-hat."
+    out = []
+    for r in (r for r in results if r.get("long_run")):
+        row = {k: r[k] for k in ("method", "seconds", "seed", "train_chain")}
+        row |= {f"fd_x{s['step'] // r['train_chain']}": s["fd_fmnist"] for s in r["long_run"]}
+        out.append(row | {k: r[k] for k in ("ess_bulk", "ess_tail", "rhat")})
+    return out
+
+# %% ../nbs/17_compare.ipynb #7662e160
+def long_run_checks(
+    rows: list,  # `seed_summary` rows of `long_run_rows`
+) -> list[dict]:
+    "Per method: its chains mix (R-hat <= 1.01); its FD-FMNIST after the long run is no worse than after 1x."
+    from ebm_nb.results import check
+
+    out = []
+    for r in rows:
+        last = [k for k in r if k.startswith("fd_x") and not k.endswith("_seed_std")][-1]
+        s0, s1 = _spread(r, "fd_x1"), _spread(r, last)
+        noise = (s0 or 0) + (s1 or 0)
+        delta = r[last] - r["fd_x1"]
+        holds = None if s0 is None or s1 is None or abs(delta) <= noise else bool(delta < 0)
+        why = "one training seed" if s0 is None or s1 is None else f"spread across seeds {noise:.3g}"
+        note = why + ("; not testable at this scale: inside the spread" if s0 is not None and holds is None else "")
+        claim = f"{r['method']}'s samples keep their quality over {last[4:]}x its training chain (FD-FMNIST)"
+        out.append(check(claim, NO_PAPER, f"{r['fd_x1']:.3g} -> {r[last]:.3g}", holds, note))
+        claim = f"{r['method']}'s chains mix (rank-normalised split-R-hat of the energies at most 1.01)"
+        out.append(check(claim, NO_PAPER, f"R-hat {r['rhat']:.3g}", bool(r["rhat"] <= 1.01), "ArviZ, second half"))
+    return out
+
+# %% ../nbs/17_compare.ipynb #6edd858e
+def ais_checks(
+    rows: list,  # `seed_summary` rows of the energies, with "ais_ok" (True where every seed's bounds are informative)
+) -> list[dict]:
+    "Per energy: its AIS bounds on the test log-likelihood are informative (ordered, ESS >= a tenth of the chains)."
+    from ebm_nb.results import check
+
+    out = []
+    for r in rows:
+        claim = f"AIS brackets {r['method']}'s test log-likelihood (bounds ordered, ESS at least a tenth of the chains)"
+        ours = f"{r['bpd_lower']:.3g} to {r['bpd_upper']:.3g} bits/dim, ESS {min(r['lower_ess'], r['upper_ess']):.3g}"
+        out.append(check(claim, NO_PAPER, ours, bool(r["ais_ok"]), "forward and reverse AIS from the uniform density"))
     return out
