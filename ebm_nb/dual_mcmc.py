@@ -21,7 +21,7 @@ from .sampling import from_encoder, from_generator, from_noise, langevin, latent
 __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'SHORT_RUN_STEPS', 'SHORT_RUN_ITERS', 'DUAL_MCMC_PRESETS',
            'DUAL_MCMC_TOY2D', 'DUAL_MCMC_EVAL', 'X_CHAIN_LENGTHS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
            'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'DualMCMCEval', 'dual_mcmc_data', 'feature_fn',
-           'reconstruction_mse', 'run_row', 'step_seconds', 'paper_setup']
+           'reconstruction_errors', 'run_row', 'step_seconds', 'paper_setup']
 
 # %% ../nbs/12_dual_mcmc.ipynb #6e67ec80
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv", "mlp"), ("generator", "noise"), ("encoder", "noise", "none")
@@ -545,11 +545,11 @@ def feature_fn(dataset: str, device="cpu"):
     return load_fmnist_classifier(device).features if dataset == "fmnist" else inception_feature_fn(device)
 
 # %% ../nbs/12_dual_mcmc.ipynb #6974da7e
-def reconstruction_mse(m: DualMCMC, x: torch.Tensor) -> dict[str, float]:
-    "Per-pixel MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
+def reconstruction_errors(m: DualMCMC, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    "Per-image MSE on [0, 1] of the inference schemes `m` has: Inf, Inf+L (cfg.z_steps from the mean), L (from noise)."
     k = m.cfg.z_steps
     schemes = ({"Inf": (0, "mean"), "Inf+L": (k, "mean")} if "encoder" in m.nets else {}) | {"L": (k, "noise")}
-    return {k: (m.reconstruct(x, s, init) - x).pow(2).mean().item() for k, (s, init) in schemes.items()}
+    return {k: (m.reconstruct(x, s, init) - x).pow(2).flatten(1).mean(1) for k, (s, init) in schemes.items()}
 
 # %% ../nbs/12_dual_mcmc.ipynb #c54e8a2a
 def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
@@ -591,10 +591,13 @@ def _gen_scores(m: DualMCMC, dataset: str, dev, n_eval: int, n_ref, n_show: int,
 
 # %% ../nbs/12_dual_mcmc.ipynb #7a0265cc
 def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dict) -> dict:
-    "Reconstruction MSE of `n_rec` test images per inference scheme of `m`; the first `n_show` go to `samples`."
+    """Reconstruction MSE of `n_rec` test images per inference scheme of `m`, with its standard error across the
+    images (`mse_se_*`); the first `n_show` go to `samples`."""
     x_test = dual_mcmc_data(dataset, "test", n_rec)
-    mse = reconstruction_mse(m, x_test)
-    row = {f"mse_{k}": v for k, v in mse.items()} | {f"mse_pm1_{k}": 4 * v for k, v in mse.items()}
+    err = reconstruction_errors(m, x_test)
+    row = {f"mse_{k}": e.mean().item() for k, e in err.items()}
+    row |= {f"mse_pm1_{k}": 4 * e.mean().item() for k, e in err.items()}
+    row |= {f"mse_se_{k}": (e.std() / len(e) ** 0.5).item() for k, e in err.items()}
     row["n_rec"] = len(x_test)
     init = "mean" if "encoder" in m.nets else "noise"
     samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
