@@ -553,7 +553,8 @@ def reconstruction_errors(m: DualMCMC, x: torch.Tensor) -> dict[str, torch.Tenso
 
 # %% ../nbs/12_dual_mcmc.ipynb #c54e8a2a
 def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
-    "A `train` callback: the MSE, PSNR and SSIM of `m`'s reconstructions of `x_track` into `curve`, about 10 times."
+    """A `train` callback: the MSE, PSNR and SSIM of `m`'s reconstructions of `x_track`, each with its standard error
+    over the images (`*_se`), into `curve`, about 10 times."""
     from ebm_nb.metrics import psnr, ssim
 
     iters = m.cfg.iters
@@ -564,8 +565,10 @@ def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
         state = m.gen.get_state()
         rec = m.reconstruct(x_track, init="mean" if "encoder" in m.nets else "noise")
         m.gen.set_state(state)
-        mse = (rec - x_track).pow(2).mean().item()
-        curve.append({"iter": it, "mse": mse, "psnr": psnr(rec, x_track), "ssim": ssim(rec, x_track)})
+        per = {"mse": (rec - x_track).pow(2).flatten(1).mean(1)}
+        per |= {"psnr": psnr(rec, x_track, per_image=True), "ssim": ssim(rec, x_track, per_image=True)}
+        point = {"iter": it} | {k: v.mean().item() for k, v in per.items()}
+        curve.append(point | {f"{k}_se": (v.std() / len(v) ** 0.5).item() for k, v in per.items()})
 
     return tracker
 

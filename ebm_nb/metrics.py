@@ -314,12 +314,18 @@ def _image_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 # %% ../nbs/04_metrics.ipynb #525b9e8a
-def psnr(x, y, data_range: float = 1.0) -> float:
+def psnr(
+    x,  # images, (N, C, H, W)
+    y,  # the images they are compared with, same shape
+    data_range: float = 1.0,  # R: the span of the pixel values
+    per_image: bool = False,  # return the N values (a tensor) instead of their mean
+) -> float | torch.Tensor:
     "Peak signal-to-noise ratio 10 log10(R^2 / MSE) per image, averaged over the batch (inf when identical)."
     x, y = _image_pair(x, y)
     check_positive("data_range", data_range)
     mse = ((x - y) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(data_range**2 / mse)).mean())
+    v = 10 * torch.log10(data_range**2 / mse)
+    return v if per_image else float(v.mean())
 
 # %% ../nbs/04_metrics.ipynb #0e427ffc
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -328,7 +334,14 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 # %% ../nbs/04_metrics.ipynb #c5005d72
-def ssim(x, y, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) -> float:
+def ssim(
+    x,  # images, (N, C, H, W)
+    y,  # the images they are compared with, same shape
+    data_range: float = 1.0,  # the span of the pixel values
+    win_size: int = 11,  # the Gaussian window's size (shrunk to the largest odd size that fits)
+    sigma: float = 1.5,  # the Gaussian window's width
+    per_image: bool = False,  # return the N values (a tensor) instead of their mean
+) -> float | torch.Tensor:
     "Mean SSIM per image (Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, valid filtering), then the batch mean."
     x, y = _image_pair(x, y)
     check_positive("data_range", data_range)
@@ -341,7 +354,8 @@ def ssim(x, y, data_range: float = 1.0, win_size: int = 11, sigma: float = 1.5) 
     sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return float(s.flatten(1).mean(1).mean())
+    v = s.flatten(1).mean(1)
+    return v if per_image else float(v.mean())
 
 # %% ../nbs/04_metrics.ipynb #081737a0
 def _images(x, name: str, shape: tuple | None = None) -> torch.Tensor:
