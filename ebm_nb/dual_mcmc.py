@@ -21,7 +21,7 @@ from .sampling import from_encoder, from_generator, from_noise, langevin, latent
 __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'SHORT_RUN_STEPS', 'SHORT_RUN_ITERS', 'DUAL_MCMC_PRESETS',
            'DUAL_MCMC_TOY2D', 'DUAL_MCMC_EVAL', 'X_CHAIN_LENGTHS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
            'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'DualMCMCEval', 'dual_mcmc_data', 'feature_fn',
-           'reconstruction_errors', 'run_row', 'step_seconds', 'paper_setup']
+           'reconstruction_errors', 'run_row', 'step_seconds', 'row_cost', 'paper_setup']
 
 # %% ../nbs/12_dual_mcmc.ipynb #6e67ec80
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv", "mlp"), ("generator", "noise"), ("encoder", "noise", "none")
@@ -690,6 +690,21 @@ def step_seconds(
     m = DualMCMC(cfg, shape, dev, generator=torch.Generator().manual_seed(0))
     batch = torch.rand(cfg.batch_size, *shape, generator=torch.Generator().manual_seed(1)).to(dev)
     return time_call(lambda: m.step(batch), reps=check_int("reps", reps), warmup=2, device=dev)["median_s"]
+
+# %% ../nbs/12_dual_mcmc.ipynb #894978d5
+def row_cost(
+    scale: str,  # the preset's scale
+    dataset: str,  # the preset's dataset
+):
+    """`cost(row)`: a protocol row's training cost in net passes (chain steps per iteration times iterations), for
+    `run_protocol(cost=...)`, which starts the longest runs first so that two workers finish together."""
+
+    def cost(row: dict) -> float:
+        c = get_preset(row["preset"], scale, dataset, **(row.get("overrides") or {}))
+        x = c.x_steps * (2 if c.x_init == "generator" and c.second_chain else 1)  # the x-chains of an iteration
+        return c.iters * (x + (c.z_steps if c.z_init != "none" else 0) + 4)  # + the nets' own passes
+
+    return cost
 
 # %% ../nbs/12_dual_mcmc.ipynb #27bd6110
 def paper_setup(
