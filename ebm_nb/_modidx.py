@@ -61,6 +61,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.compare.lead_checks': ('compare.html#lead_checks', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.learned_energy': ('compare.html#learned_energy', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.long_run_checks': ('compare.html#long_run_checks', 'ebm_nb/compare.py'),
+                                'ebm_nb.compare.long_run_end': ('compare.html#long_run_end', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.long_run_rows': ('compare.html#long_run_rows', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.modes_covered': ('compare.html#modes_covered', 'ebm_nb/compare.py'),
                                 'ebm_nb.compare.reading': ('compare.html#reading', 'ebm_nb/compare.py'),

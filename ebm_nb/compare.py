@@ -17,7 +17,8 @@ from .training import TrainingDiverged, train
 # %% auto #0
 __all__ = ['TOY_METHODS', 'IMAGE_METHODS', 'FMNIST_SHAPE', 'NO_PAPER', 'toy_model', 'toy_sampler', 'tempered', 'learned_energy',
            'modes_covered', 'budgeted_train', 'toy_run', 'image_model', 'image_sampler', 'image_chain', 'budget_clock',
-           'image_run', 'budget_checks', 'reading', 'lead_checks', 'long_run_rows', 'long_run_checks', 'ais_checks']
+           'image_run', 'budget_checks', 'reading', 'lead_checks', 'long_run_rows', 'long_run_end', 'long_run_checks',
+           'ais_checks']
 
 # %% ../nbs/17_compare.ipynb #3da25448
 TOY_METHODS = ("short-run CD", "persistent CD", "improved CD", "Dual-MCMC", "DxMI", "DDPM")
@@ -441,6 +442,13 @@ def long_run_rows(
         out.append(row | {k: r[k] for k in ("ess_bulk", "ess_tail", "rhat")})
     return out
 
+# %% ../nbs/17_compare.ipynb #aa5fbaa2
+def long_run_end(
+    row: dict,  # a `long_run_rows` row, or its `seed_summary`
+) -> str:
+    "The column of FD-FMNIST at the end of the long chain: the `fd_x<k>` with the largest k."
+    return max((k for k in row if k.startswith("fd_x") and not k.endswith("_seed_std")), key=lambda k: int(k[4:]))
+
 # %% ../nbs/17_compare.ipynb #7662e160
 def long_run_checks(
     rows: list,  # `seed_summary` rows of `long_run_rows`
@@ -450,7 +458,7 @@ def long_run_checks(
 
     out = []
     for r in rows:
-        last = [k for k in r if k.startswith("fd_x") and not k.endswith("_seed_std")][-1]
+        last = long_run_end(r)
         s0, s1 = _spread(r, "fd_x1"), _spread(r, last)
         noise = (s0 or 0) + (s1 or 0)
         delta = r[last] - r["fd_x1"]
