@@ -35,6 +35,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'ebm_nb.checkpoints.model_key': ('checkpoints.html#model_key', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.model_keys': ('checkpoints.html#model_keys', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.pretrained_dir': ('checkpoints.html#pretrained_dir', 'ebm_nb/checkpoints.py'),
+                                    'ebm_nb.checkpoints.pretrained_extra': ('checkpoints.html#pretrained_extra', 'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.publish_pretrained': ( 'checkpoints.html#publish_pretrained',
                                                                                'ebm_nb/checkpoints.py'),
                                     'ebm_nb.checkpoints.read_manifest': ('checkpoints.html#read_manifest', 'ebm_nb/checkpoints.py'),

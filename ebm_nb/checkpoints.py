@@ -12,7 +12,8 @@ from .core import atomic_path, remove_stale_temps
 
 # %% auto #0
 __all__ = ['rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'cache_dir', 'pretrained_dir', 'sha256_file',
-           'read_manifest', 'find_pretrained', 'code_hash', 'model_key', 'model_keys', 'trained', 'publish_pretrained']
+           'read_manifest', 'find_pretrained', 'pretrained_extra', 'code_hash', 'model_key', 'model_keys', 'trained',
+           'publish_pretrained']
 
 # %% ../nbs/00c_checkpoints.ipynb #14c628e6
 def rng_state() -> dict:
@@ -143,6 +144,12 @@ def find_pretrained(spec: str, folder=None) -> Path | None:
                 )
             return path
     return None
+
+
+def pretrained_extra(spec: str, folder=None) -> dict | None:
+    "What the committed model of `spec` was saved with (`fit`'s info: iterations, history, curve), or None."
+    path = find_pretrained(spec, folder)
+    return None if path is None else torch.load(path, map_location="cpu", weights_only=False)["extra"]
 
 # %% ../nbs/00c_checkpoints.ipynb #709f71de
 def code_hash(

@@ -611,7 +611,7 @@ def _fit_row(
     m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, how: dict
 ):
     "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
-    from ebm_nb.checkpoints import model_keys, trained
+    from ebm_nb.checkpoints import model_key, pretrained_extra, trained
     from ebm_nb.training import train
 
     def fit(m):
@@ -620,12 +620,16 @@ def _fit_row(
         hist = train(
             m, x_train, cfg.iters, cfg.batch_size, generator=g, log_every=log_every, desc=variant, callback=callback
         )
-        return {"iters": cfg.iters, "s_per_iter": (time.time() - t0) / cfg.iters, "history": hist, "curve": curve}
+        s_per_iter = (time.time() - t0) / cfg.iters
+        return {"iters": cfg.iters, "s_per_iter": s_per_iter, "history": hist, "curve": curve, "track": track}
 
     if not how["cache"]:
         return m, fit(m) | {"cached": False}
-    key, spec = model_keys("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")
-    return trained(key, m, fit, how["retrain"], spec=spec if how["pretrained"] else None)
+    key = model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")  # the cache keeps tracked runs apart
+    spec = model_key("dual_mcmc", cfg, seed, f"{dataset}:train", code=False)  # one committed model per config
+    if not how["pretrained"] or (track and (pretrained_extra(spec) or {}).get("track") != track):
+        spec = None  # none committed, or not with this row's tracking (which records the curve, changes no weight)
+    return trained(key, m, fit, how["retrain"], spec=spec)
 
 # %% ../nbs/12_dual_mcmc.ipynb #1857125f
 def run_row(

@@ -326,3 +326,23 @@ def test_run_row_trains_once_and_reuses_the_cached_model(tmp_path, monkeypatch):
     assert a["s_per_iter"] == b["s_per_iter"]
     c = run_row({"preset": "dual_mcmc", "overrides": {"lr_e": 1e-4}}, 0, **kw)
     assert not c["cached"]  # another config, another model
+
+
+def test_a_committed_model_serves_tracked_rows_only_with_their_tracking(tmp_path, monkeypatch):
+    "One committed model per config: every untracked row loads it; a tracked row only if it was saved with that curve."
+    from ebm_nb.checkpoints import model_key, publish_pretrained
+    from ebm_nb.dual_mcmc import run_row
+    from ebm_nb.presets import get_preset
+
+    monkeypatch.setenv("EBM_NB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("EBM_NB_PRETRAINED", str(tmp_path / "pub"))
+    kw = dict(scale="smoke", dataset="fmnist", evals=(), cache=True, pretrained=True)
+    a = run_row({"preset": "dual_mcmc"}, 0, track=4, **kw)  # nothing committed yet: trains, with its curve
+    cfg = get_preset("dual_mcmc", "smoke", "fmnist")
+    key = model_key("dual_mcmc", cfg, 0, "fmnist:train:track=4")
+    publish_pretrained("m", key, model_key("dual_mcmc", cfg, 0, "fmnist:train", code=False), "cmd", "abc")
+    b = run_row({"preset": "dual_mcmc"}, 0, track=4, **kw)
+    c = run_row({"preset": "dual_mcmc"}, 0, track=0, **kw)
+    d = run_row({"preset": "dual_mcmc"}, 0, track=2, **kw)
+    assert not a["cached"] and b["cached"] == c["cached"] == "pretrained" and b["_curve"] == a["_curve"] != []
+    assert d["cached"] is False and len(d["_curve"]) == len(a["_curve"])  # other tracking: trained with its own

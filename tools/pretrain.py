@@ -74,11 +74,12 @@ def _dual(n_eval, n_ref, pretrained):
 
 
 def _dual_keys():
-    from ebm_nb.checkpoints import model_keys
+    from ebm_nb.checkpoints import model_key
     from ebm_nb.presets import get_preset
 
-    cfg = get_preset("dual_mcmc", "cpu", "fmnist")
-    return list(model_keys("dual_mcmc", cfg, SEED, "fmnist:train:track=0"))
+    cfg = get_preset("dual_mcmc", "cpu", "fmnist")  # the cache keeps tracked runs apart; one committed model per config
+    key = model_key("dual_mcmc", cfg, SEED, "fmnist:train:track=0")  # publish a tracked run's with --key
+    return [key, model_key("dual_mcmc", cfg, SEED, "fmnist:train", code=False)]
 
 
 def _icd(n_eval, n_ref, pretrained, track=0):
