@@ -551,11 +551,11 @@ def reconstruction_errors(m: DualMCMC, x: torch.Tensor) -> dict[str, torch.Tenso
     schemes = ({"Inf": (0, "mean"), "Inf+L": (k, "mean")} if "encoder" in m.nets else {}) | {"L": (k, "noise")}
     return {k: (m.reconstruct(x, s, init) - x).pow(2).flatten(1).mean(1) for k, (s, init) in schemes.items()}
 
-# %% ../nbs/12_dual_mcmc.ipynb #c54e8a2a
+# %% ../nbs/12_dual_mcmc.ipynb #5c3f1bd0
 def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
     """A `train` callback: the MSE, PSNR and SSIM of `m`'s reconstructions of `x_track`, each with its standard error
     over the images (`*_se`), into `curve`, about 10 times."""
-    from ebm_nb.metrics import psnr, ssim
+    from ebm_nb.metrics import psnr, sem, ssim
 
     iters = m.cfg.iters
 
@@ -568,7 +568,7 @@ def _tracker(m: DualMCMC, x_track: torch.Tensor, curve: list):
         per = {"mse": (rec - x_track).pow(2).flatten(1).mean(1)}
         per |= {"psnr": psnr(rec, x_track, per_image=True), "ssim": ssim(rec, x_track, per_image=True)}
         point = {"iter": it} | {k: v.mean().item() for k, v in per.items()}
-        curve.append(point | {f"{k}_se": (v.std() / len(v) ** 0.5).item() for k, v in per.items()})
+        curve.append(point | {f"{k}_se": sem(v) for k, v in per.items()})
 
     return tracker
 
@@ -592,15 +592,17 @@ def _gen_scores(m: DualMCMC, dataset: str, dev, n_eval: int, n_ref, n_show: int,
         row |= {f"{is_key}_gen": raw.get(is_key), "coverage_gen": raw["coverage"]}
     return row
 
-# %% ../nbs/12_dual_mcmc.ipynb #7a0265cc
+# %% ../nbs/12_dual_mcmc.ipynb #44ca43ae
 def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dict) -> dict:
     """Reconstruction MSE of `n_rec` test images per inference scheme of `m`, with its standard error across the
     images (`mse_se_*`); the first `n_show` go to `samples`."""
+    from ebm_nb.metrics import sem
+
     x_test = dual_mcmc_data(dataset, "test", n_rec)
     err = reconstruction_errors(m, x_test)
     row = {f"mse_{k}": e.mean().item() for k, e in err.items()}
     row |= {f"mse_pm1_{k}": 4 * e.mean().item() for k, e in err.items()}
-    row |= {f"mse_se_{k}": (e.std() / len(e) ** 0.5).item() for k, e in err.items()}
+    row |= {f"mse_se_{k}": sem(e) for k, e in err.items()}
     row["n_rec"] = len(x_test)
     init = "mean" if "encoder" in m.nets else "noise"
     samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)

@@ -25,7 +25,7 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage',
            'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'quality_tracker',
            'every_iters', 'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor', 'below_floor',
-           'not_testable', 'quality_claim', 'ladder_job']
+           'not_testable', 'sem', 'within_noise', 'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -855,7 +855,24 @@ def not_testable(rows: list[dict], floor: dict, fd: str = "fd_fmnist", is_: str 
         )
     return None
 
-# %% ../nbs/04_metrics.ipynb #6575a538
+# %% ../nbs/04_metrics.ipynb #9025b024
+def sem(
+    v,  # numbers: a tensor, an array or a list
+) -> float | None:
+    "The standard error of the mean of `v`: its sample standard deviation (ddof 1) over sqrt(n); None for n < 2."
+    v = torch.as_tensor(v, dtype=torch.float64).detach().flatten()
+    return None if len(v) < 2 else (v.std() / len(v) ** 0.5).item()
+
+# %% ../nbs/04_metrics.ipynb #4bfa6409
+def within_noise(
+    a: float,  # one number
+    b: float,  # the number it is compared with
+    *noise: float | None,  # the noises of both (or any number of terms); None: not recorded
+) -> bool:
+    "True when `a` and `b` differ by no more than the sum of `noise`; False when any noise is missing."
+    return None not in noise and abs(a - b) <= sum(noise)
+
+# %% ../nbs/04_metrics.ipynb #3640c44c
 def quality_claim(
     claim: str,  # the paper's claim, e.g. "Dual-MCMC's samples beat cooperative learning's"
     paper,  # what the paper reports
@@ -870,12 +887,11 @@ def quality_claim(
     from ebm_nb.results import check
 
     is_ = is_ or is_key_of(fd)
-    noise = a["kid_std"] + b["kid_std"]
     note = f"KID {a['kid']:.3f} ± {a['kid_std']:.3f} vs {b['kid']:.3f} ± {b['kid_std']:.3f}"
     if a.get(is_) is not None and b.get(is_) is not None:
         note += f"; IS {a[is_]:.2f} vs {b[is_]:.2f}"
     reason = not_testable([a, b], floor, fd, is_) if floor else None
-    if reason is None and abs(a["kid"] - b["kid"]) <= noise:
+    if reason is None and within_noise(a["kid"], b["kid"], a["kid_std"], b["kid_std"]):
         reason = "not testable at this scale: the difference is within the KID noise"
     holds = None if reason else bool(a[fd] <= b[fd] if tie_ok else a[fd] < b[fd])
     return check(claim, paper, f"{a[fd]:.2f} vs {b[fd]:.2f}", holds, f"{note}" + (f"; {reason}" if reason else ""))
