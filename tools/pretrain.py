@@ -9,7 +9,9 @@ Usage (from the repository root; EBM_NB_CACHE names the cache, default checkpoin
   python tools/pretrain.py publish NAME [--key KEY] [--command CMD] [--commit SHA]
                                                  copy the cached model into the committed folder, score it, list it
   python tools/pretrain.py score NAME            the small-sample score of the committed model (what the test checks)
-NAMES: ddpm-cpu-fmnist-seed0, dxmi-cpu-fmnist-T10-seed0, dual_mcmc-cpu-fmnist-seed0, improved_cd-cpu-fmnist-seed0.
+NAMES: ddpm-cpu-fmnist-seed0, dxmi-cpu-fmnist-T10-seed0, dual_mcmc-cpu-fmnist-seed0, improved_cd-cpu-fmnist-seed0,
+  and Dual-MCMC Table 4's other columns: dual_mcmc_noise_l10-cpu-fmnist-seed0, dual_mcmc_noise_l30-cpu-fmnist-seed0,
+  dual_mcmc-cpu-fmnist-z30-seed0.
 DxMI fine-tunes the published DDPM: publish that first.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -65,21 +68,28 @@ def _dxmi(n_eval, n_ref, pretrained):
     return rows[0]
 
 
-def _dual(n_eval, n_ref, pretrained):
+def _dual(n_eval, n_ref, pretrained, preset="dual_mcmc", overrides=None, track=0):
     from ebm_nb.dual_mcmc import run_row
 
-    r = run_row({"preset": "dual_mcmc"}, SEED, scale="cpu", dataset="fmnist", evals=("gen",), n_eval=n_eval,
-                n_ref=n_ref, cache=True, pretrained=pretrained)
-    return r
+    row = {"preset": preset, "overrides": overrides or {}}
+    return run_row(row, SEED, scale="cpu", dataset="fmnist", evals=("gen",), n_eval=n_eval, n_ref=n_ref, track=track,
+                   cache=True, pretrained=pretrained)
 
 
-def _dual_keys():
+def _dual_keys(preset="dual_mcmc", overrides=None, track=0):
     from ebm_nb.checkpoints import model_key
     from ebm_nb.presets import get_preset
 
-    cfg = get_preset("dual_mcmc", "cpu", "fmnist")  # the cache keeps tracked runs apart; one committed model per config
-    key = model_key("dual_mcmc", cfg, SEED, "fmnist:train:track=0")  # publish a tracked run's with --key
+    cfg = get_preset(preset, "cpu", "fmnist", **(overrides or {}))  # one committed model per config
+    key = model_key("dual_mcmc", cfg, SEED, f"fmnist:train:track={track}")  # the cache keeps tracked runs apart
     return [key, model_key("dual_mcmc", cfg, SEED, "fmnist:train", code=False)]
+
+
+DUAL_TABLE4 = {  # Table 4's other columns (Fig. 3 shares the first two), trained with Fig. 3's tracking
+    "dual_mcmc_noise_l10-cpu-fmnist-seed0": ("dual_mcmc_noise_l10", {}),
+    "dual_mcmc_noise_l30-cpu-fmnist-seed0": ("dual_mcmc_noise_l30", {}),
+    "dual_mcmc-cpu-fmnist-z30-seed0": ("dual_mcmc", {"z_steps": 30}),
+}
 
 
 def _icd(n_eval, n_ref, pretrained, track=0):
@@ -122,6 +132,10 @@ MODELS = {  # name: (keys, run(n_eval, n_ref, pretrained, **train_kw) -> row, tr
     "ddpm-cpu-fmnist-seed0": (_ddpm_keys, _ddpm_score, {}),
     "dxmi-cpu-fmnist-T10-seed0": (_dxmi_keys, _dxmi, {}),
     "dual_mcmc-cpu-fmnist-seed0": (_dual_keys, _dual, {}),
+    **{
+        name: (partial(_dual_keys, p, o, 500), partial(_dual, preset=p, overrides=o), {"track": 500})
+        for name, (p, o) in DUAL_TABLE4.items()
+    },
     "improved_cd-cpu-fmnist-seed0": (_icd_keys, _icd, {"track": 500}),  # its quality curve over training
 }
 SCORE_KEYS = ("fd_fmnist", "is_fmnist", "coverage")
