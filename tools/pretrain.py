@@ -23,8 +23,11 @@ from functools import partial
 
 import torch
 
+from ebm_nb.dual_mcmc import DUAL_MCMC_EVAL
+
 SCORE_N, SCORE_REF = 256, 1000  # the re-scored sample: 256 samples against the first 1000 test images
 SEED = 0
+DUAL_TRACK = DUAL_MCMC_EVAL["cpu"].n_track  # test images Table 4 and the figures track at `cpu` (their `ev.n_track`)
 
 
 def _ddpm(pretrained=True, cache=True):
@@ -85,7 +88,7 @@ def _dual_keys(preset="dual_mcmc", overrides=None, track=0):
     return [key, model_key("dual_mcmc", cfg, SEED, "fmnist:train", code=False)]
 
 
-DUAL_TABLE4 = {  # Table 4's other columns (Fig. 3 shares the first two), trained with Fig. 3's tracking
+DUAL_TABLE4 = {  # Table 4's other columns (Fig. 3 shares the first two), trained with Fig. 3's tracking (`n_track`)
     "dual_mcmc_noise_l10-cpu-fmnist-seed0": ("dual_mcmc_noise_l10", {}),
     "dual_mcmc_noise_l30-cpu-fmnist-seed0": ("dual_mcmc_noise_l30", {}),
     "dual_mcmc-cpu-fmnist-z30-seed0": ("dual_mcmc", {"z_steps": 30}),
@@ -133,7 +136,7 @@ MODELS = {  # name: (keys, run(n_eval, n_ref, pretrained, **train_kw) -> row, tr
     "dxmi-cpu-fmnist-T10-seed0": (_dxmi_keys, _dxmi, {}),
     "dual_mcmc-cpu-fmnist-seed0": (_dual_keys, _dual, {}),
     **{
-        name: (partial(_dual_keys, p, o, 500), partial(_dual, preset=p, overrides=o), {"track": 500})
+        name: (partial(_dual_keys, p, o, DUAL_TRACK), partial(_dual, preset=p, overrides=o), {"track": DUAL_TRACK})
         for name, (p, o) in DUAL_TABLE4.items()
     },
     "improved_cd-cpu-fmnist-seed0": (_icd_keys, _icd, {"track": 500}),  # its quality curve over training
