@@ -1,4 +1,4 @@
-# ebm_nb: two commands.  `make test` and `make reproduce [SCALE=quick|gpu|paper]`.
+# ebm_nb: two commands.  `make test` and `make reproduce [SCALE=quick|cpu|gpu|paper]`.
 # `make lab` opens JupyterLab on nbs/; `make test-lab` runs two notebooks in it through headless Chromium.
 PYTHON ?= python3
 VENV   ?= .venv
