@@ -219,6 +219,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ebm_nb.dual_mcmc.paper_setup': ('dual_mcmc.html#paper_setup', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc.reconstruction_errors': ('dual_mcmc.html#reconstruction_errors', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc.row_cost': ('dual_mcmc.html#row_cost', 'ebm_nb/dual_mcmc.py'),
+                                  'ebm_nb.dual_mcmc.row_keys': ('dual_mcmc.html#row_keys', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc.run_row': ('dual_mcmc.html#run_row', 'ebm_nb/dual_mcmc.py'),
                                   'ebm_nb.dual_mcmc.step_seconds': ('dual_mcmc.html#step_seconds', 'ebm_nb/dual_mcmc.py')},
             'ebm_nb.gcd': { 'ebm_nb.gcd.GCD': ('gcd.html#gcd', 'ebm_nb/gcd.py'),

@@ -21,7 +21,7 @@ from .sampling import from_encoder, from_generator, from_noise, langevin, latent
 __all__ = ['ARCHS', 'X_INITS', 'Z_INITS', 'VARIANTS', 'SHORT_RUN_STEPS', 'SHORT_RUN_ITERS', 'DUAL_MCMC_PRESETS',
            'DUAL_MCMC_TOY2D', 'DUAL_MCMC_EVAL', 'X_CHAIN_LENGTHS', 'DATASETS', 'METRIC', 'DualMCMCConfig',
            'dual_mcmc_nets', 'check_nets', 'gaussian_nll', 'DualMCMC', 'DualMCMCEval', 'dual_mcmc_data', 'feature_fn',
-           'reconstruction_errors', 'run_row', 'step_seconds', 'row_cost', 'paper_setup']
+           'reconstruction_errors', 'row_keys', 'run_row', 'step_seconds', 'row_cost', 'paper_setup']
 
 # %% ../nbs/12_dual_mcmc.ipynb #6e67ec80
 ARCHS, X_INITS, Z_INITS = ("resnet", "conv", "mlp"), ("generator", "noise"), ("encoder", "noise", "none")
@@ -608,12 +608,25 @@ def _rec_scores(m: DualMCMC, dataset: str, n_rec: int, n_show: int, samples: dic
     samples["data"], samples["reconstruction"] = x_test[:n_show], m.reconstruct(x_test[:n_show], init=init)
     return row
 
+# %% ../nbs/12_dual_mcmc.ipynb #bc1ad84f
+def row_keys(
+    cfg,  # the row's DualMCMCConfig (overrides applied)
+    seed: int,  # its training seed
+    dataset: str,  # what it trains on, e.g. "fmnist"
+    track: int = 0,  # test images whose reconstruction it tracks over training
+) -> tuple[str, str]:
+    "`(cache key, committed spec)` of a Dual-MCMC row: tracked runs cached apart, one committed model per config."
+    from ebm_nb.checkpoints import model_key
+
+    key = model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")
+    return key, model_key("dual_mcmc", cfg, seed, f"{dataset}:train", code=False)
+
 # %% ../nbs/12_dual_mcmc.ipynb #7386b10e
 def _fit_row(
     m: DualMCMC, cfg, seed: int, dataset: str, variant: str, x_train, g, callback, curve: list, track: int, how: dict
 ):
     "Train `m` (or load it from the cache of `checkpoints.trained`): `(m, {history, curve, s_per_iter, cached})`."
-    from ebm_nb.checkpoints import model_key, pretrained_extra, trained
+    from ebm_nb.checkpoints import pretrained_extra, trained
     from ebm_nb.training import train
 
     def fit(m):
@@ -627,8 +640,7 @@ def _fit_row(
 
     if not how["cache"]:
         return m, fit(m) | {"cached": False}
-    key = model_key("dual_mcmc", cfg, seed, f"{dataset}:train:track={track}")  # the cache keeps tracked runs apart
-    spec = model_key("dual_mcmc", cfg, seed, f"{dataset}:train", code=False)  # one committed model per config
+    key, spec = row_keys(cfg, seed, dataset, track)
     if not how["pretrained"] or (track and (pretrained_extra(spec) or {}).get("track") != track):
         spec = None  # none committed, or not with this row's tracking (which records the curve, changes no weight)
     return trained(key, m, fit, how["retrain"], spec=spec)

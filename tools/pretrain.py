@@ -80,12 +80,10 @@ def _dual(n_eval, n_ref, pretrained, preset="dual_mcmc", overrides=None, track=0
 
 
 def _dual_keys(preset="dual_mcmc", overrides=None, track=0):
-    from ebm_nb.checkpoints import model_key
+    from ebm_nb.dual_mcmc import row_keys
     from ebm_nb.presets import get_preset
 
-    cfg = get_preset(preset, "cpu", "fmnist", **(overrides or {}))  # one committed model per config
-    key = model_key("dual_mcmc", cfg, SEED, f"fmnist:train:track={track}")  # the cache keeps tracked runs apart
-    return [key, model_key("dual_mcmc", cfg, SEED, "fmnist:train", code=False)]
+    return list(row_keys(get_preset(preset, "cpu", "fmnist", **(overrides or {})), SEED, "fmnist", track))
 
 
 DUAL_TABLE4 = {  # Table 4's other columns (Fig. 3 shares the first two), trained with Fig. 3's tracking (`n_track`)
