@@ -44,9 +44,9 @@ sync: env
 	@diff $(VENV)/.sync_before $(VENV)/.sync_after >/dev/null || { echo "nbdev-export/nbdev-clean changed files: export, clean and commit them:"; diff $(VENV)/.sync_before $(VENV)/.sync_after; exit 1; }
 	@echo "notebooks and ebm_nb/ are in sync"
 
-# Lint first (seconds): line length, one statement per line, unused imports, over ebm_nb/ and the notebooks.
+# Lint first (seconds): line length, one statement per line, unused imports, over ebm_nb/, the notebooks and tools/.
 lint: env
-	$(BIN)/ruff check ebm_nb nbs
+	$(BIN)/ruff check ebm_nb nbs tools
 
 test: sync lint
 	EBM_NB_QUIET=1 $(BIN)/python -m pytest -n 2 -q --durations=15 tests

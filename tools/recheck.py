@@ -10,6 +10,7 @@ Usage (from the repository root, with PYTHONPATH set to it):
   python tools/recheck.py NOTEBOOK.ipynb RESULT.json [RESULT.json ...]   rewrite each result's checks
   python tools/recheck.py --tag NOTEBOOK.ipynb                           tag the cell defining `def checks(`
 """
+
 import json
 import sys
 from pathlib import Path
@@ -21,11 +22,16 @@ TAG = "checks"
 
 def checks_cell(nb_path) -> str:
     "The source of the one code cell tagged `checks` in the notebook at `nb_path`."
-    cells = [c for c in nbformat.read(nb_path, as_version=4).cells
-             if c.cell_type == "code" and TAG in c.metadata.get("tags", [])]
+    cells = [
+        c
+        for c in nbformat.read(nb_path, as_version=4).cells
+        if c.cell_type == "code" and TAG in c.metadata.get("tags", [])
+    ]
     if len(cells) != 1:
-        raise ValueError(f"{nb_path} must have exactly one code cell tagged {TAG!r}, found {len(cells)}; "
-                         f"tag it with: python tools/recheck.py --tag {nb_path}")
+        raise ValueError(
+            f"{nb_path} must have exactly one code cell tagged {TAG!r}, found {len(cells)}; "
+            f"tag it with: python tools/recheck.py --tag {nb_path}"
+        )
     return cells[0].source
 
 
@@ -33,9 +39,11 @@ def load_checks(nb_path):
     "The `checks(rows, meta)` function of a notebook, from its tagged cell run in a fresh namespace."
     import numpy as np, pandas as pd
     from ebm_nb.results import check
+
     ns = {"check": check, "np": np, "pd": pd, "__name__": "checks_cell"}
     exec(compile(checks_cell(nb_path), f"{nb_path}:checks", "exec"), ns)
-    if not callable(ns.get("checks")): raise ValueError(f"The {TAG!r} cell of {nb_path} defines no function `checks`.")
+    if not callable(ns.get("checks")):
+        raise ValueError(f"The {TAG!r} cell of {nb_path} defines no function `checks`.")
     return ns["checks"]
 
 
@@ -45,18 +53,22 @@ def md_notes(md_text: str) -> str:
     start = next((i for i, l in enumerate(lines) if l.startswith("|")), len(lines))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     rest = lines[end:]
-    while rest and not rest[0].strip(): rest = rest[1:]
+    while rest and not rest[0].strip():
+        rest = rest[1:]
     if rest and rest[0].startswith("Checks against the paper:"):  # verdicts of an earlier recheck: replaced
         rest = rest[1:]
-        while rest and (rest[0].startswith("- ") or not rest[0].strip()): rest = rest[1:]
+        while rest and (rest[0].startswith("- ") or not rest[0].strip()):
+            rest = rest[1:]
     return "\n".join(rest).strip()
 
 
 def recheck(nb_path, json_path) -> list[dict]:
     "Rewrite `json_path` (and its .csv/.md) with `meta.checks` from the notebook's `checks` cell; return the checks."
     from ebm_nb.results import write_results
+
     json_path = Path(json_path)
-    if json_path.suffix != ".json": raise ValueError(f"Give the result's .json file, got {str(json_path)!r}.")
+    if json_path.suffix != ".json":
+        raise ValueError(f"Give the result's .json file, got {str(json_path)!r}.")
     res = json.loads(json_path.read_text())
     rows, meta = res["rows"], {k: v for k, v in res["meta"].items() if k != "checks"}
     claims = load_checks(nb_path)(rows, meta)
@@ -70,24 +82,33 @@ def tag(nb_path):
     "Tag the one code cell that defines `def checks(` with `checks` (pct2nb.py writes only the `parameters` tag)."
     nb = nbformat.read(nb_path, as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and "\ndef checks(" in "\n" + c.source]
-    if len(cells) != 1: raise ValueError(f"{nb_path} must have exactly one code cell defining `def checks(`, found {len(cells)}.")
+    if len(cells) != 1:
+        raise ValueError(f"{nb_path} must have exactly one code cell defining `def checks(`, found {len(cells)}.")
     for c in nb.cells:
         tags = [t for t in c.metadata.get("tags", []) if t != TAG]
-        if c is cells[0]: tags.append(TAG)
-        if tags: c.metadata["tags"] = tags
-        else: c.metadata.pop("tags", None)
+        if c is cells[0]:
+            tags.append(TAG)
+        if tags:
+            c.metadata["tags"] = tags
+        else:
+            c.metadata.pop("tags", None)
     nbformat.write(nb, nb_path)
 
 
 def main(argv):
     if len(argv) == 2 and argv[0] == "--tag":
-        tag(argv[1]); print(f"tagged the checks cell of {argv[1]}"); return
-    if len(argv) < 2 or argv[0].startswith("-"): sys.exit(__doc__)
+        tag(argv[1])
+        print(f"tagged the checks cell of {argv[1]}")
+        return
+    if len(argv) < 2 or argv[0].startswith("-"):
+        sys.exit(__doc__)
     for p in argv[1:]:
         claims = recheck(argv[0], p)
         from ebm_nb.results import VERDICTS, tally
+
         print(f"{p}: {tally(claims)}")
-        for c in claims: print(f"  {VERDICTS[c['holds']]:12s}  {c['claim']}")
+        for c in claims:
+            print(f"  {VERDICTS[c['holds']]:12s}  {c['claim']}")
 
 
 if __name__ == "__main__":
