@@ -3,7 +3,8 @@
 Authoring helper (not part of the package). Cells start with a marker line:
   `# %%`             a code cell
   `# %% md`          a markdown cell (the following lines are the markdown, unprefixed)
-  `# %% parameters`  a code cell tagged `parameters` for papermill
+  `# %% parameters`  a code cell tagged `parameters` for papermill; any words after `# %%` (other than `md`)
+                     are the cell's tags (`# %% checks`, `# %% hide export`), so a dump and rebuild keeps them
 Usage: python tools/pct2nb.py SRC.txt DEST.ipynb   |   python tools/pct2nb.py --dump NB.ipynb
 """
 
@@ -22,8 +23,8 @@ def parse(text):
             cells.append(nbformat.v4.new_markdown_cell(src))
         else:
             c = nbformat.v4.new_code_cell(src)
-            if kind == "parameters":
-                c.metadata["tags"] = ["parameters"]
+            if kind != "code":
+                c.metadata["tags"] = kind.split()
             cells.append(c)
 
     for line in text.splitlines():
@@ -55,10 +56,8 @@ def build(src, dest):
 def dump(path):
     nb = nbformat.read(path, as_version=4)
     for c in nb.cells:
-        tag = (
-            "md" if c.cell_type == "markdown" else ("parameters" if "parameters" in c.metadata.get("tags", []) else "")
-        )
-        print(f"# %% {tag}".rstrip())
+        tags = "md" if c.cell_type == "markdown" else " ".join(c.metadata.get("tags", []))
+        print(f"# %% {tags}".rstrip())
         print(c.source)
 
 
