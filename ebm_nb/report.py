@@ -11,8 +11,8 @@ from .results import VERDICTS, tally
 
 # %% auto #0
 __all__ = ['BENCHMARKS', 'default_figures_dir', 'load_tables', 'format_seconds', 'format_cell', 'order_columns', 'rows_markdown',
-           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'ladder_line', 'models_markdown',
-           'wall_by_scale', 'build_index', 'StaleIndex', 'write_index', 'report_main']
+           'table_checks', 'checks_markdown', 'notebook_purpose', 'notebook_of', 'injected_parameters', 'run_command',
+           'ladder_line', 'models_markdown', 'wall_by_scale', 'build_index', 'StaleIndex', 'write_index', 'report_main']
 
 # %% ../nbs/15_report.ipynb #9f0ac291
 BENCHMARKS = "benchmarks"  # the paper folder that holds speed measurements, listed apart from the papers
@@ -160,6 +160,27 @@ def notebook_of(table: dict, notebooks: list) -> Path | None:
     same = [Path(nb) for nb in notebooks if Path(nb).parent.name == table["paper"]]
     return next((nb for nb in same if named in (f"{nb.parent.name}/{nb.name}", nb.name)), None)
 
+# %% ../nbs/15_report.ipynb #4df5705d
+def injected_parameters(path) -> dict:
+    "The parameters papermill injected into the executed notebook `path` (its `injected-parameters` cell); {} if none."
+    import ast
+
+    nb = json.loads(Path(path).read_text())
+    tagged = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    src = "".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in tagged)
+    assigns = [n for n in ast.parse(src).body if isinstance(n, ast.Assign) and len(n.targets) == 1]
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in assigns if isinstance(n.targets[0], ast.Name)}
+
+# %% ../nbs/15_report.ipynb #7d124b3b
+def run_command(nb: Path, scale: str, executed=None) -> str:
+    "The `ebm-nb` call that runs notebook `nb` at `scale` with the parameters injected into `executed` (if it exists)."
+    import shlex
+
+    params = injected_parameters(executed) if executed is not None and Path(executed).exists() else {}
+    cmd = f"ebm-nb --paper {nb.parent.name} --notebook {nb.stem} --scale {scale}"
+    extra = [f" -p {k} {shlex.quote(v if isinstance(v, str) else repr(v))}" for k, v in params.items() if k != "scale"]
+    return cmd + "".join(extra)
+
 # %% ../nbs/15_report.ipynb #96692419
 def _anchor(title: str) -> str:
     "GitHub's anchor of a markdown heading."
@@ -215,7 +236,7 @@ def models_markdown(
         )
     return out + [""]
 
-# %% ../nbs/15_report.ipynb #3321e570
+# %% ../nbs/15_report.ipynb #1980568f
 def _section(t: dict, figs: list[str], nb, root: Path, ladder: str = "") -> list[str]:
     m, paper, stem = t["meta"], t["paper"], t["stem"]
     out = [f"### {paper}/{stem}", ""]
@@ -236,6 +257,8 @@ def _section(t: dict, figs: list[str], nb, root: Path, ladder: str = "") -> list
     if m.get("date"):
         run.append(f"run {str(m['date'])[:10]}")
     out += ["Run: " + " · ".join(run) + ".", ""]
+    if nb is not None:
+        out += [f"Made by: `{run_command(nb, m.get('scale', 'quick'), root / paper / nb.name)}`.", ""]
     out += [
         "Files: "
         + ", ".join(
