@@ -386,6 +386,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.metrics.inception_feature_fn': ('metrics.html#inception_feature_fn', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.inception_fid': ('metrics.html#inception_fid', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.inception_score': ('metrics.html#inception_score', 'ebm_nb/metrics.py'),
+                                'ebm_nb.metrics.inception_score_std': ('metrics.html#inception_score_std', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.inception_weights_path': ('metrics.html#inception_weights_path', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.is_key_of': ('metrics.html#is_key_of', 'ebm_nb/metrics.py'),
                                 'ebm_nb.metrics.kid': ('metrics.html#kid', 'ebm_nb/metrics.py'),

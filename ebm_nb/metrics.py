@@ -22,10 +22,10 @@ __all__ = ['FMNIST_CLASSIFIER_SHA256', 'FMNIST_SHAPE', 'INCEPTION_ENV', 'INCEPTI
            'grid_centres', 'on_grid', 'grid_log_density', 'grid_nll', 'grid_kl', 'auroc', 'energy_auroc', 'auroc_se',
            'ood_aurocs', 'psnr', 'ssim', 'features_with', 'frechet_distance_with', 'FMNISTClassifier',
            'fmnist_classifier_path', 'load_fmnist_classifier', 'fmnist_features', 'fd_fmnist', 'kid_fmnist',
-           'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'inception_score', 'density_coverage',
-           'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval', 'quality_tracker',
-           'every_iters', 'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor', 'below_floor',
-           'not_testable', 'sem', 'within_noise', 'quality_claim', 'ladder_job']
+           'inception_weights_path', 'inception_feature_fn', 'inception_fid', 'inception_score', 'inception_score_std',
+           'density_coverage', 'toy_eval', 'mode_wells', 'FeatureStats', 'feature_stats', 'is_key_of', 'image_eval',
+           'quality_tracker', 'every_iters', 'every_seconds', 'blur', 'ladder_images', 'ladder_path', 'quality_floor',
+           'below_floor', 'not_testable', 'sem', 'within_noise', 'quality_claim', 'ladder_job']
 
 # %% ../nbs/04_metrics.ipynb #06dd937d
 def _samples(a, name: str, min_n: int = 1) -> np.ndarray:
@@ -562,6 +562,19 @@ def inception_score(logits) -> float:
     log_py = np.log(p.mean(0) + 1e-300)
     return float(np.exp((p * (logp - log_py)).sum(1).mean()))
 
+# %% ../nbs/04_metrics.ipynb #1048723e
+def inception_score_std(
+    logits,  # classifier logits (N, classes) of the scored samples
+    reps: int = 200,  # bootstrap resamples
+    seed: int = 0,  # seeds the resampling (the same logits give the same error)
+) -> float:
+    "The bootstrap standard deviation of `inception_score` over resamples (with replacement) of the samples."
+    logits = np.asarray(logits, dtype=np.float64)
+    check_int("reps", reps, 2)
+    rng = np.random.default_rng(seed)
+    scores = [inception_score(logits[rng.integers(0, len(logits), len(logits))]) for _ in range(reps)]
+    return float(np.std(scores, ddof=1))
+
 # %% ../nbs/04_metrics.ipynb #5a6a8b01
 def _knn_radii(f: np.ndarray, k: int, chunk: int = 1000) -> np.ndarray:
     "Distance from each row of `f` to its `k`-th nearest other row."
@@ -719,7 +732,7 @@ def is_key_of(fd_key: str) -> str:
     "The name of the IS that goes with a Fréchet-distance key: 'fd_fmnist' -> 'is_fmnist', 'fd' -> 'is', 'fid' -> 'is'."
     return fd_key.replace("fd", "is", 1) if fd_key.startswith("fd") else "is"
 
-# %% ../nbs/04_metrics.ipynb #59ede2d2
+# %% ../nbs/04_metrics.ipynb #e949e55d
 def image_eval(
     sample_fn,  # k -> k images (k, C, H, W) in [0, 1]
     n: int,  # samples to score
@@ -732,8 +745,9 @@ def image_eval(
     chunk_fn=None,  # `chunk_fn(i, x)` sees each chunk of samples (e.g. to keep some for a figure)
     logit_fn="auto",  # features -> class logits for the IS; "auto": the `head` of feature_fn's classifier, if any
 ) -> dict:
-    """{key: FD, 'kid', 'kid_std', IS, 'density', 'coverage', 'n_eval', 'n_ref'} of `n` samples of `sample_fn(k)`
-    against `ref`. The IS is named after `key` ('is_fmnist' for 'fd_fmnist') and is None without class logits."""
+    """{key: FD, 'kid', 'kid_std', IS, IS std, 'density', 'coverage', 'n_eval', 'n_ref'} of `n` samples of
+    `sample_fn(k)` against `ref`. The IS is named after `key` ('is_fmnist' for 'fd_fmnist'; its bootstrap error
+    'is_fmnist_std') and is None without class logits."""
     check_int("n", n, 2)
     check_int("chunk", chunk)
     ref = ref if isinstance(ref, FeatureStats) else feature_stats(feature_fn, ref, chunk, kid_keep)
@@ -752,7 +766,8 @@ def image_eval(
     k, k_std = kid(f, fr, subset_size=min(kid_subset, len(f), len(fr)))
     is_key = is_key_of(key)
     score = inception_score(np.concatenate(logits)) if logits else None
-    out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, **density_coverage(fr, f)}
+    score_std = inception_score_std(np.concatenate(logits)) if logits else None
+    out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, f"{is_key}_std": score_std, **density_coverage(fr, f)}
     return out | {"n_eval": gen.n, "n_ref": ref.n}
 
 # %% ../nbs/04_metrics.ipynb #406c33d8
