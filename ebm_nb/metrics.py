@@ -732,7 +732,7 @@ def is_key_of(fd_key: str) -> str:
     "The name of the IS that goes with a Fréchet-distance key: 'fd_fmnist' -> 'is_fmnist', 'fd' -> 'is', 'fid' -> 'is'."
     return fd_key.replace("fd", "is", 1) if fd_key.startswith("fd") else "is"
 
-# %% ../nbs/04_metrics.ipynb #e949e55d
+# %% ../nbs/04_metrics.ipynb #c95b79dc
 def image_eval(
     sample_fn,  # k -> k images (k, C, H, W) in [0, 1]
     n: int,  # samples to score
@@ -765,8 +765,9 @@ def image_eval(
     f, fr = gen.features, ref.features
     k, k_std = kid(f, fr, subset_size=min(kid_subset, len(f), len(fr)))
     is_key = is_key_of(key)
-    score = inception_score(np.concatenate(logits)) if logits else None
-    score_std = inception_score_std(np.concatenate(logits)) if logits else None
+    logits = np.concatenate(logits) if logits else None
+    score = inception_score(logits) if logits is not None else None
+    score_std = inception_score_std(logits) if logits is not None else None
     out = {key: fd, "kid": k, "kid_std": k_std, is_key: score, f"{is_key}_std": score_std, **density_coverage(fr, f)}
     return out | {"n_eval": gen.n, "n_ref": ref.n}
 

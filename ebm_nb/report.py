@@ -138,11 +138,13 @@ def checks_markdown(checks: list[dict]) -> str:
         ]
     )
 
-# %% ../nbs/15_report.ipynb #d6387e5c
-def _cells(path, kind: str) -> list[str]:
+# %% ../nbs/15_report.ipynb #e8fc0545
+def _cells(path, kind: str, tag: str | None = None) -> list[str]:
+    "The sources of the `kind` cells of notebook `path` (only those tagged `tag`, if given)."
     nb = json.loads(Path(path).read_text())
     src = lambda c: "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-    return [src(c) for c in nb["cells"] if c["cell_type"] == kind]
+    tagged = lambda c: tag is None or tag in c.get("metadata", {}).get("tags", [])
+    return [src(c) for c in nb["cells"] if c["cell_type"] == kind and tagged(c)]
 
 # %% ../nbs/15_report.ipynb #8629eafb
 def notebook_purpose(path) -> str:
@@ -160,14 +162,12 @@ def notebook_of(table: dict, notebooks: list) -> Path | None:
     same = [Path(nb) for nb in notebooks if Path(nb).parent.name == table["paper"]]
     return next((nb for nb in same if named in (f"{nb.parent.name}/{nb.name}", nb.name)), None)
 
-# %% ../nbs/15_report.ipynb #4df5705d
+# %% ../nbs/15_report.ipynb #4b4a421b
 def injected_parameters(path) -> dict:
     "The parameters papermill injected into the executed notebook `path` (its `injected-parameters` cell); {} if none."
     import ast
 
-    nb = json.loads(Path(path).read_text())
-    tagged = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    src = "".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in tagged)
+    src = "\n".join(_cells(path, "code", "injected-parameters"))
     assigns = [n for n in ast.parse(src).body if isinstance(n, ast.Assign) and len(n.targets) == 1]
     return {n.targets[0].id: ast.literal_eval(n.value) for n in assigns if isinstance(n.targets[0], ast.Name)}
 
