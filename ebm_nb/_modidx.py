@@ -119,6 +119,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'ebm_nb.diffusion': { 'ebm_nb.diffusion.DDPM': ('diffusion.html#ddpm', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.DDPM.__init__': ('diffusion.html#ddpm.__init__', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.DDPM.energy': ('diffusion.html#ddpm.energy', 'ebm_nb/diffusion.py'),
+                                  'ebm_nb.diffusion.DDPM.eps_net': ('diffusion.html#ddpm.eps_net', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.DDPM.load_state_dict': ('diffusion.html#ddpm.load_state_dict', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.DDPM.sample': ('diffusion.html#ddpm.sample', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.DDPM.state_dict': ('diffusion.html#ddpm.state_dict', 'ebm_nb/diffusion.py'),

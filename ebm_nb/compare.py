@@ -182,6 +182,7 @@ def image_model(
     if ddpm is None:
         raise ValueError("DxMI fine-tunes a DDPM's sampler: pass ddpm=, a DDPM trained on Fashion-MNIST.")
     cfg = get_preset("gcd", scale, "fmnist")
+    ddpm.net.load_state_dict(ddpm.eps_net.state_dict())  # fine-tune the weights that sample: the EMA copy's
     m = GCD(cfg, FMNIST_SHAPE, sampler=ddpm_sampler(ddpm.net, FMNIST_SHAPE, cfg.T), device=device, generator=g)
     return m, None, cfg.batch_size, 1e4
 

@@ -59,7 +59,7 @@ def _dxmi_keys():
 
 
 def _eps():
-    return {k: v.cpu() for k, v in _ddpm().net.state_dict().items()}
+    return {k: v.cpu() for k, v in _ddpm().eps_net.state_dict().items()}
 
 
 def _dxmi(n_eval, n_ref, pretrained):
@@ -121,7 +121,7 @@ def _ddpm_score(n_eval, n_ref, pretrained):
     d = _ddpm(pretrained=pretrained)
     feats = image_features("fmnist")
     ref = feature_stats(feats, load_images("fmnist", "test")[:n_ref])
-    start, g = ddpm_sampler(d.net, d.shape, 10), torch.Generator().manual_seed(SEED)
+    start, g = ddpm_sampler(d.eps_net, d.shape, 10), torch.Generator().manual_seed(SEED)
     row = image_eval(lambda k: to_01(rollout(start, k, g)[-1]), n_eval, ref, feats, "fd_fmnist")
     if n_eval >= 2000:
         torch.manual_seed(SEED)
