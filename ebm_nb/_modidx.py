@@ -169,6 +169,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'ebm_nb.diffusion.continuous_time': ('diffusion.html#continuous_time', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.ddpm_sample': ('diffusion.html#ddpm_sample', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.ddpm_sampler': ('diffusion.html#ddpm_sampler', 'ebm_nb/diffusion.py'),
+                                  'ebm_nb.diffusion.ema_decay': ('diffusion.html#ema_decay', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.karras_sigmas': ('diffusion.html#karras_sigmas', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.linear_betas': ('diffusion.html#linear_betas', 'ebm_nb/diffusion.py'),
                                   'ebm_nb.diffusion.posterior_std': ('diffusion.html#posterior_std', 'ebm_nb/diffusion.py'),

@@ -22,7 +22,7 @@ from .training import EMA
 __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', 'var_betas', 'karras_sigmas', 'ancestral_sigmas',
            'Schedule', 'continuous_time', 'step_coeffs', 'to_rl', 'RLSteps', 'Respaced', 'posterior_std', 'respace',
            'timestep_embedding', 'TimeMLP', 'ResBlock', 'SmallUNet', 'DiffusionSampler', 'scratch_sampler',
-           'ddpm_sampler', 'rollout', 'ddpm_sample', 'DDPMConfig', 'DDPM']
+           'ddpm_sampler', 'rollout', 'ddpm_sample', 'DDPMConfig', 'DDPM', 'ema_decay']
 
 # %% ../nbs/13_diffusion.ipynb #49a7e26a
 def _check_beta_range(start, end):
@@ -514,7 +514,15 @@ class DDPM:
             "A DDPM has no energy function; use an EBM method (e.g. ebm_nb.gcd.GCD) for energies."
         )
 
-# %% ../nbs/13_diffusion.ipynb #3f63c813
+# %% ../nbs/13_diffusion.ipynb #99d5bdbb
+def ema_decay(
+    t: int,  # EMA updates made so far
+    decay: float,  # the decay it warms up to
+) -> float:
+    "The decay of EMA update `t`: `min(decay, (1 + t) / (10 + t))`, TensorFlow's warm-up by `num_updates`."
+    return min(decay, (1 + t) / (10 + t))
+
+# %% ../nbs/13_diffusion.ipynb #c5866cc6
 @patch
 def step(self: DDPM, batch: Tensor) -> dict:
     "One eps-prediction step on a batch at uniformly random timesteps."
@@ -527,6 +535,7 @@ def step(self: DDPM, batch: Tensor) -> dict:
     loss.backward()
     self.opt.step()
     if self.ema is not None:
+        self.ema.decay = ema_decay(self.ema.updates, self.cfg.ema)
         self.ema.update()
     return {"loss": loss.detach()}
 
