@@ -22,7 +22,7 @@ from .training import EMA
 __all__ = ['from_rl', 'RESPACINGS', 'TIME_ACTS', 'linear_betas', 'alpha_bars', 'var_betas', 'karras_sigmas', 'ancestral_sigmas',
            'Schedule', 'continuous_time', 'step_coeffs', 'to_rl', 'RLSteps', 'Respaced', 'posterior_std', 'respace',
            'timestep_embedding', 'TimeMLP', 'ResBlock', 'SmallUNet', 'DiffusionSampler', 'scratch_sampler',
-           'ddpm_sampler', 'rollout', 'ddpm_sample', 'DDPMConfig', 'DDPM', 'ema_decay']
+           'ddpm_sampler', 'rollout', 'ddpm_sample', 'DDPMConfig', 'DDPM']
 
 # %% ../nbs/13_diffusion.ipynb #49a7e26a
 def _check_beta_range(start, end):
@@ -488,7 +488,7 @@ class DDPMConfig:
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ValueError(f"ema must be None or a decay in [0, 1), got {self.ema!r}; Ho et al. use 0.9999.")
 
-# %% ../nbs/13_diffusion.ipynb #aa7f35aa
+# %% ../nbs/13_diffusion.ipynb #3ca87177
 class DDPM:
     "A denoising diffusion model on vectors (TimeMLP) or images (SmallUNet), trained by eps prediction."
 
@@ -503,7 +503,7 @@ class DDPM:
         )
         self.net = net.to(self.device)
         self.nets = {"eps": self.net}
-        self.ema = EMA(self.net, cfg.ema) if cfg.ema is not None else None
+        self.ema = EMA(self.net, cfg.ema, warmup=True) if cfg.ema is not None else None
         self.opt = torch.optim.Adam(self.net.parameters(), cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.gen = generator or torch.Generator().manual_seed(0)
         self._ab = self.schedule.alpha_bar.float().to(self.device)
@@ -514,15 +514,7 @@ class DDPM:
             "A DDPM has no energy function; use an EBM method (e.g. ebm_nb.gcd.GCD) for energies."
         )
 
-# %% ../nbs/13_diffusion.ipynb #99d5bdbb
-def ema_decay(
-    t: int,  # EMA updates made so far
-    decay: float,  # the decay it warms up to
-) -> float:
-    "The decay of EMA update `t`: `min(decay, (1 + t) / (10 + t))`, TensorFlow's warm-up by `num_updates`."
-    return min(decay, (1 + t) / (10 + t))
-
-# %% ../nbs/13_diffusion.ipynb #c5866cc6
+# %% ../nbs/13_diffusion.ipynb #1d82fa22
 @patch
 def step(self: DDPM, batch: Tensor) -> dict:
     "One eps-prediction step on a batch at uniformly random timesteps."
@@ -535,7 +527,6 @@ def step(self: DDPM, batch: Tensor) -> dict:
     loss.backward()
     self.opt.step()
     if self.ema is not None:
-        self.ema.decay = ema_decay(self.ema.updates, self.cfg.ema)
         self.ema.update()
     return {"loss": loss.detach()}
 

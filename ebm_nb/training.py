@@ -17,9 +17,9 @@ from .data import batches
 from .sampling import langevin
 
 # %% auto #0
-__all__ = ['Method', 'check_method', 'method_device', 'GaussianEnergy', 'GaussianCD', 'EMA', 'TrainingDiverged', 'check_logs',
-           'dist_info', 'is_main', 'ddp_setup', 'ddp_cleanup', 'broadcast_params', 'allreduce_grads', 'find_optimizers',
-           'ddp_wrap', 'train']
+__all__ = ['Method', 'check_method', 'method_device', 'GaussianEnergy', 'GaussianCD', 'ema_decay', 'EMA', 'TrainingDiverged',
+           'check_logs', 'dist_info', 'is_main', 'ddp_setup', 'ddp_cleanup', 'broadcast_params', 'allreduce_grads',
+           'find_optimizers', 'ddp_wrap', 'train']
 
 # %% ../nbs/06_training.ipynb #6ff08478
 @runtime_checkable
@@ -137,34 +137,49 @@ def load_state_dict(self: GaussianCD, sd: dict) -> None:
     self.gen.set_state(sd["gen"])
     self.steps = sd["steps"]
 
-# %% ../nbs/06_training.ipynb #e439b64d
+# %% ../nbs/06_training.ipynb #3c964b42
+def ema_decay(
+    t: int,  # EMA updates made so far
+    decay: float,  # the decay it warms up to
+) -> float:
+    "The decay of EMA update `t`: `min(decay, (1 + t) / (10 + t))`, TensorFlow's warm-up by `num_updates`."
+    return min(decay, (1 + t) / (10 + t))
+
+# %% ../nbs/06_training.ipynb #3736c743
 class EMA:
     "A frozen copy of `module` whose weights track theirs: `e ← decay·e + (1-decay)·w` on each `update()`."
 
-    def __init__(self, module: nn.Module, decay: float = 0.999):
+    def __init__(
+        self,
+        module: nn.Module,  # the trained module (its parameters are read, never written)
+        decay: float = 0.999,  # the decay, in [0, 1)
+        warmup: bool = False,  # update t uses `ema_decay(t, decay)` instead of `decay`
+    ):
         if not (isinstance(decay, (int, float)) and 0 <= decay < 1):
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}; 0.999 is typical, 0.9 for short runs.")
-        self.source, self.decay, self.updates = module, float(decay), 0
+        self.source, self.decay, self.warmup, self.updates = module, float(decay), bool(warmup), 0
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+        return {"module": self.module.state_dict(), "decay": self.decay, "warmup": self.warmup, "updates": self.updates}
 
     def load_state_dict(self, sd: dict) -> None:
         self.module.load_state_dict(sd["module"])
         self.decay, self.updates = sd["decay"], sd["updates"]
+        self.warmup = sd.get("warmup", self.warmup)  # states saved before `warmup` existed keep the constructed one
 
-# %% ../nbs/06_training.ipynb #b7adf173
+# %% ../nbs/06_training.ipynb #81ff9668
 @patch
 @torch.no_grad()
 def update(self: EMA) -> None:
-    "Move the copy's parameters towards the module's (`e ← decay·e + (1-decay)·w`) and copy its buffers."
+    "Move the copy's parameters towards the module's (`e ← d·e + (1-d)·w`) and copy its buffers."
+    d = ema_decay(self.updates, self.decay) if self.warmup else self.decay
     ema, src = list(self.module.parameters()), [w.detach() for w in self.source.parameters()]
     if ema:
-        torch._foreach_lerp_(ema, src, 1 - self.decay)  # one fused call; a module may have no parameters
+        torch._foreach_lerp_(ema, src, 1 - d)  # one fused call; a module may have no parameters
     for e, b in zip(self.module.buffers(), self.source.buffers()):
         e.copy_(b)
     self.updates += 1
