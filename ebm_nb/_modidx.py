@@ -547,6 +547,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ebm_nb.results._jsonable': ('results.html#_jsonable', 'ebm_nb/results.py'),
                                 'ebm_nb.results.check': ('results.html#check', 'ebm_nb/results.py'),
                                 'ebm_nb.results.code_root': ('results.html#code_root', 'ebm_nb/results.py'),
+                                'ebm_nb.results.cpu_model': ('results.html#cpu_model', 'ebm_nb/results.py'),
                                 'ebm_nb.results.device_name': ('results.html#device_name', 'ebm_nb/results.py'),
                                 'ebm_nb.results.git_commit': ('results.html#git_commit', 'ebm_nb/results.py'),
                                 'ebm_nb.results.markdown_table': ('results.html#markdown_table', 'ebm_nb/results.py'),

@@ -11,8 +11,8 @@ import torch
 from .core import SCALES, atomic_write_text, check_choice, repo_root
 
 # %% auto #0
-__all__ = ['VERDICTS', 'code_root', 'git_commit', 'versions', 'device_name', 'run_meta', 'check', 'tally', 'markdown_table',
-           'write_results', 'results_dir', 'show_table', 'readings']
+__all__ = ['VERDICTS', 'code_root', 'git_commit', 'versions', 'cpu_model', 'device_name', 'run_meta', 'check', 'tally',
+           'markdown_table', 'write_results', 'results_dir', 'show_table', 'readings']
 
 # %% ../nbs/00d_results.ipynb #961ecb4a
 def code_root() -> Path:
@@ -60,13 +60,24 @@ def versions() -> dict:
         "ebm_nb": ebm_nb_version,
     }
 
-# %% ../nbs/00d_results.ipynb #d03a4aca
+# %% ../nbs/00d_results.ipynb #0af8f347
+def cpu_model(cpuinfo="/proc/cpuinfo") -> str:
+    "The CPU's model name (Linux: `model name` in /proc/cpuinfo), else `platform.processor()`; '' when unknown."
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name") and ":" in ln]
+    return next((n for n in names if n), platform.processor())
+
+# %% ../nbs/00d_results.ipynb #2e4c5ecc
 def device_name(device) -> str:
-    "A human name for a device: the GPU model or the CPU."
+    "A human name for a device: the GPU model, or the CPU's model, architecture and threads."
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    parts = [p for p in (cpu_model(), platform.machine()) if p]
+    return f"cpu ({', '.join(parts)}, {torch.get_num_threads()} threads)"
 
 # %% ../nbs/00d_results.ipynb #d13a5633
 def run_meta(
