@@ -159,7 +159,7 @@ def final_streams(text: str) -> str:
             cell["outputs"] = keep
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
-# %% ../nbs/07_run.ipynb #dd71c8f5
+# %% ../nbs/07_run.ipynb #54d9c60e
 def publish_executed(
     executed,  # the notebook papermill wrote
     dest_dir,  # the folder of its result tables
@@ -172,8 +172,9 @@ def publish_executed(
     swaps = [(executed.parent.resolve(), "<runs>"), (Path(papers or papers_dir()).resolve(), "<papers>")]
     if not dest.parent.resolve().is_relative_to(repo_root().resolve()):  # an out_dir outside the repository
         swaps.append((dest.parent.resolve(), "<out_dir>"))
+    swaps.append((Path(sys.prefix).resolve(), "<venv>"))  # warnings name the environment's files
     swaps += [(repo_root().resolve(), "<repo>"), (Path.home(), "<home>")]
-    for path, tag in swaps:
+    for path, tag in sorted(swaps, key=lambda s: -len(str(s[0]))):  # the deepest folder first
         if str(path) not in ("/", ""):
             text = text.replace(str(path), tag)
     dest.parent.mkdir(parents=True, exist_ok=True)
